@@ -1,0 +1,1 @@
+"""distill_sbs.teacher."""
