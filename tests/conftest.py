@@ -19,3 +19,18 @@ def raw_dir() -> pathlib.Path:
   if not (path / 'cqa').is_dir():
     pytest.fail(f'paper data not found at {path}; set DISTILL_SBS_RAW_DIR')
   return path
+
+
+SBS_TEST_MAX_ROWS = 200
+
+
+@pytest.fixture(scope='session')
+def sbs_data_dir(raw_dir, tmp_path_factory) -> pathlib.Path:
+  """Records `prepare` wrote from the first 200 rows of every raw split of the
+  four datasets (once per session). Point tasks at it with
+  `monkeypatch.setenv('DISTILL_SBS_DATA_DIR', str(sbs_data_dir))`."""
+  from distill_sbs.data import prepare  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp('sbs_data')
+  for ds in ('cqa', 'svamp', 'esnli', 'anli1'):
+    prepare.prepare_dataset(str(raw_dir), ds, str(out), max_rows=SBS_TEST_MAX_ROWS)
+  return out

@@ -168,7 +168,7 @@ def write_shards(out_dir: str, split: str, records: Iterable[Mapping[str, Any]],
     w.close()
   # Remove stale shards of the same split with another shard count.
   for old in tf.io.gfile.glob(os.path.join(out_dir, shard_pattern(split))):
-    if old not in final:
+    if old not in final and '.tmp-' not in os.path.basename(old):
       tf.io.gfile.remove(old)
   for t, p in zip(tmp, final):
     tf.io.gfile.rename(t, p, overwrite=True)

@@ -134,3 +134,201 @@ class CrossEntropyLoss:
         loss_normalizing_factor=self.loss_normalizing_factor,
         task_ids=batch.get('decoder_task_ids'))
     return loss, {'loss': loss, 'z_loss': zl, 'weight_sum': wsum}
+
+
+# ----------------------------------------------------------------------------
+# FIRST: top-k KL distillation.
+#
+# Teacher distribution over the k stored ids (log-probs `lp`, temperature T):
+#   rest_bucket=False: q_i = softmax_i(lp_i / T)   (re-normalised over the k ids)
+#   rest_bucket=True : a (k+1)-way distribution whose last entry is the "rest"
+#     r = 1 − Σ_i exp(lp_i) of the *untempered* stored distribution; the
+#     temperature is then applied to that (k+1)-way distribution:
+#       q = softmax([lp_1, …, lp_k, log r] / T).
+#     At T = 1 this is exactly the stored top-k mass plus its complement.
+# Student (logits z, temperature S, full-vocabulary P = softmax(z / S)):
+#   rest_bucket=False: s_i = P[id_i] / Σ_j P[id_j] (re-normalised over the k ids)
+#   rest_bucket=True : s_i = P[id_i], s_rest = 1 − Σ_i P[id_i].
+# KL(q‖s) = Σ q (log q − log s), summed over the k (or k+1) entries.
+# ----------------------------------------------------------------------------
+
+_MIN_LOGPROB = -1e4   # floor for stored log-probs (−inf / float16 underflow)
+_TINY = 1e-30
+
+
+def _log1mexp(x: Array) -> Array:
+  """log(1 − exp(x)) for x < 0, numerically stable."""
+  return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+
+
+def teacher_topk_log_probs(topk_logprobs: Array, *, temperature: float = 1.0,
+                           rest_bucket: bool = False) -> Array:
+  """Log of the temperature-scaled teacher distribution (see module notes).
+
+  Args:
+    topk_logprobs: [..., k] stored teacher log-probs.
+  Returns:
+    [..., k] (or [..., k+1] with the rest bucket last) log-probabilities.
+  """
+  lp = jnp.maximum(topk_logprobs, _MIN_LOGPROB)
+  if rest_bucket:
+    mass = jax.nn.logsumexp(lp, axis=-1, keepdims=True)  # [..., 1]
+    # Stored top-k mass can exceed 1 by float16 rounding: keep the rest ≥ tiny.
+    log_rest = _log1mexp(jnp.minimum(mass, jnp.log1p(-1e-6)))
+    lp = jnp.concatenate([lp, log_rest], axis=-1)
+  return jax.nn.log_softmax(lp / temperature, axis=-1)
+
+
+def student_topk_log_probs(student_logits: Array, topk_ids: Array, *,
+                           temperature: float = 1.0, rest_bucket: bool = False) -> Array:
+  """Log of the student distribution over the teacher's k ids (see module notes).
+
+  Args:
+    student_logits: [..., vocab].
+    topk_ids: [..., k] int ids (distinct per position on real tokens).
+  Returns:
+    [..., k] (or [..., k+1] with the rest bucket last) log-probabilities.
+  """
+  z = student_logits / temperature
+  picked = jnp.take_along_axis(z, topk_ids, axis=-1)  # [..., k]
+  if not rest_bucket:
+    return jax.nn.log_softmax(picked, axis=-1)
+  log_p = picked - jax.nn.logsumexp(z, axis=-1, keepdims=True)  # [..., k]
+  mass = jax.nn.logsumexp(log_p, axis=-1, keepdims=True)  # [..., 1]
+  log_rest = _log1mexp(jnp.minimum(mass, -1e-7))
+  return jnp.concatenate([log_p, log_rest], axis=-1)
+
+
+def topk_kl_per_token(student_logits: Array, topk_ids: Array, topk_logprobs: Array, *,
+                      teacher_temperature: float = 1.0, student_temperature: float = 1.0,
+                      rest_bucket: bool = False) -> Array:
+  """KL(teacher‖student) per position, [batch, length] (unmasked)."""
+  dtype = jnp.promote_types(student_logits.dtype, jnp.float32)
+  topk_ids = topk_ids.astype(jnp.int32)
+  log_q = teacher_topk_log_probs(topk_logprobs.astype(dtype),
+                                 temperature=teacher_temperature, rest_bucket=rest_bucket)
+  log_s = student_topk_log_probs(student_logits.astype(dtype), topk_ids,
+                                 temperature=student_temperature, rest_bucket=rest_bucket)
+  return jnp.sum(jnp.exp(log_q) * (log_q - log_s), axis=-1)
+
+
+def topk_kl(student_logits: Array, topk_ids: Array, topk_logprobs: Array, mask: Array, *,
+            teacher_temperature: float = 1.0, student_temperature: float = 1.0,
+            rest_bucket: bool = False) -> Array:
+  """Per-example Σ over masked tokens of KL(teacher top-k ‖ student).
+
+  Args:
+    student_logits: [batch, length, vocab].
+    topk_ids: [batch, length, k] teacher token ids.
+    topk_logprobs: [batch, length, k] teacher log-probs (any value on padding).
+    mask: [batch, length] token weights (0 on padding).
+  Returns:
+    [batch] Σ_l mask · KL.
+  """
+  if topk_ids.shape != topk_logprobs.shape or topk_ids.shape[:-1] != student_logits.shape[:-1]:
+    raise ValueError(f'topk_kl: topk_ids {topk_ids.shape} and topk_logprobs '
+                     f'{topk_logprobs.shape} must be [batch, length, k] matching '
+                     f'student_logits {student_logits.shape}')
+  if mask.shape != student_logits.shape[:-1]:
+    raise ValueError(f'topk_kl: mask {mask.shape} must be [batch, length] = '
+                     f'{student_logits.shape[:-1]}')
+  real = mask != 0
+  # Padding positions may hold zeros/duplicates: make them harmless so neither
+  # the value nor the gradient sees NaN (the masked-out result is then dropped).
+  k = topk_ids.shape[-1]
+  safe_ids = jnp.where(real[..., None], topk_ids, jnp.arange(k, dtype=topk_ids.dtype))
+  safe_lp = jnp.where(real[..., None], topk_logprobs, jnp.log(0.5 / k))
+  kl = topk_kl_per_token(student_logits, safe_ids, safe_lp,
+                         teacher_temperature=teacher_temperature,
+                         student_temperature=student_temperature, rest_bucket=rest_bucket)
+  return jnp.sum(jnp.where(real, kl * mask, 0.0), axis=-1)
+
+
+def _reduce(per_token: Array, weights: Array, loss_normalizing_factor: Any,
+            task_ids: Optional[Array]) -> Array:
+  """Σ w·x / normaliser, with the same semantics as `weighted_cross_entropy`."""
+  if loss_normalizing_factor == PER_TASK_TOKENS:
+    if task_ids is None:
+      raise ValueError('loss_normalizing_factor=PER_TASK_TOKENS needs the batch feature '
+                       "'decoder_task_ids'")
+    return per_task_mean(per_token, weights, task_ids)
+  divisor, weights = normalizing_factor(weights, loss_normalizing_factor)
+  total = jnp.sum(per_token * weights)
+  return total if divisor is None else total / divisor
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKDistillLoss:
+  """FIRST objective: kl_weight · KL(teacher top-k ‖ student) + (1 − kl_weight) · CE.
+
+  Needs batch features `decoder_topk_ids` / `decoder_topk_logprobs`
+  [batch, length, k] (see `distill_sbs.data.topk`). Per-token KL and CE are
+  weighted by `decoder_loss_weights` and normalised exactly like
+  `CrossEntropyLoss` (`loss_normalizing_factor`). `scale_kl_by_t2` multiplies
+  the KL by student_temperature² (Hinton et al.) so gradients keep their size.
+  The z-loss is always added (it regularises the student's logits).
+  `cross_entropy_without_topk=True` scores batches that carry no top-k (e.g.
+  validation on a plain label task) with the plain CE term instead of failing.
+  """
+  kl_weight: float = 1.0
+  teacher_temperature: float = 1.0
+  student_temperature: float = 1.0
+  rest_bucket: bool = False
+  scale_kl_by_t2: bool = False
+  label_smoothing: float = 0.0
+  z_loss: float = 1e-4
+  loss_normalizing_factor: Any = NUM_REAL_TARGET_TOKENS
+  cross_entropy_without_topk: bool = False
+
+  def __post_init__(self):
+    if not 0.0 <= self.kl_weight <= 1.0:
+      raise ValueError(f'TopKDistillLoss.kl_weight={self.kl_weight} must be in [0, 1]')
+    for name in ('teacher_temperature', 'student_temperature'):
+      if not float(getattr(self, name)) > 0:
+        raise ValueError(f'TopKDistillLoss.{name}={getattr(self, name)} must be > 0')
+
+  def __call__(self, logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
+    if self.cross_entropy_without_topk and 'decoder_topk_ids' not in batch:
+      loss, zl, wsum = weighted_cross_entropy(
+          logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'),
+          label_smoothing=self.label_smoothing, z_loss=self.z_loss,
+          loss_normalizing_factor=self.loss_normalizing_factor,
+          task_ids=batch.get('decoder_task_ids'))
+      return loss, {'loss': loss, 'cross_entropy': loss - zl, 'z_loss': zl, 'weight_sum': wsum}
+    for f in ('decoder_topk_ids', 'decoder_topk_logprobs'):
+      if f not in batch:
+        raise KeyError(f'TopKDistillLoss needs the batch feature {f!r}; use the FIRST '
+                       'feature converter (distill_sbs.data.topk.TopKFeatureConverter)')
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights')
+    if weights is None:
+      weights = (targets > 0).astype(jnp.float32)
+    weights = weights.astype(jnp.float32)
+    ids, lps = batch['decoder_topk_ids'], batch['decoder_topk_logprobs']
+    real = weights != 0
+    k = ids.shape[-1]
+    ids = jnp.where(real[..., None], ids, jnp.arange(k, dtype=ids.dtype))
+    lps = jnp.where(real[..., None], lps, jnp.log(0.5 / k))
+    kl_tok = topk_kl_per_token(logits, ids, lps,
+                               teacher_temperature=self.teacher_temperature,
+                               student_temperature=self.student_temperature,
+                               rest_bucket=self.rest_bucket)  # [b, l]
+    kl_tok = jnp.where(real, kl_tok, 0.0)
+    if self.scale_kl_by_t2:
+      kl_tok = kl_tok * self.student_temperature ** 2
+    ce_tok, zl_tok = token_cross_entropy(logits, targets, z_loss=self.z_loss,
+                                         label_smoothing=self.label_smoothing)
+    task_ids = batch.get('decoder_task_ids')
+    norm = self.loss_normalizing_factor
+    kl = _reduce(kl_tok, weights, norm, task_ids)
+    ce = _reduce(ce_tok - zl_tok, weights, norm, task_ids)
+    zl = _reduce(zl_tok, weights, norm, task_ids)
+    loss = self.kl_weight * kl + (1.0 - self.kl_weight) * ce + zl
+    teacher_top1 = jnp.take_along_axis(
+        batch['decoder_topk_ids'], jnp.argmax(batch['decoder_topk_logprobs'], axis=-1)[..., None],
+        axis=-1)[..., 0]  # [b, l]
+    top1 = jnp.argmax(logits, axis=-1) == teacher_top1
+    n_real = jnp.maximum(jnp.sum(real), 1)
+    agree = jnp.sum(jnp.where(real, top1, False)) / n_real
+    return loss, {'loss': loss, 'kl': kl, 'cross_entropy': ce, 'z_loss': zl,
+                  'weight_sum': jnp.sum(weights), 'topk_top1_agreement': agree}

@@ -1,1 +1,1 @@
-"""distill_sbs.metrics."""
+"""distill_sbs.metrics: label accuracy, SVAMP evaluator (calibration in calibration.py)."""

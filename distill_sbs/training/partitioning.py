@@ -1,5 +1,13 @@
-"""Mesh construction and T5X's logical axis rules."""
-from typing import Optional, Sequence
+"""Mesh construction, T5X's logical axis rules, shardings, multi-host batches."""
+import dataclasses
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 LogicalAxisRules = Sequence[tuple[str, Optional[str]]]
 
@@ -37,3 +45,142 @@ def standard_logical_axis_rules(
   if additional_rules:
     rules.extend(additional_rules)
   return rules
+
+
+# ----------------------------------------------------------------------------
+# Mesh, shardings and multi-host batches.
+# ----------------------------------------------------------------------------
+DATA_AXIS = 'data'
+MODEL_AXIS = 'model'
+
+
+@gin.configurable(module='distill_sbs.training.partitioning')
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None,
+                           local_device_ids: Optional[Sequence[int]] = None,
+                           cpu_collectives: Optional[str] = None) -> None:
+  """`jax.distributed.initialize` when a coordinator is configured (multi-host).
+
+  On TPU pods / SLURM all arguments may be left to auto-detection by setting
+  only `coordinator_address='auto'`. `cpu_collectives='gloo'` enables
+  cross-process collectives on CPU (tests, CPU clusters).
+  """
+  if coordinator_address is None:
+    return
+  if cpu_collectives:
+    jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
+  if coordinator_address == 'auto':
+    jax.distributed.initialize()
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids)
+
+
+@gin.configurable(module='distill_sbs.training.partitioning')
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """How to lay devices out on the ('data', 'model') mesh.
+
+  Give either `mesh_shape=(data, model)` explicitly, or `num_partitions`
+  (model-parallel degree; data = devices / num_partitions), or
+  `model_parallel_submesh` (T5X's (x, y, z, core) block; its product is the
+  model-parallel degree).
+  """
+  num_partitions: int = 1
+  model_parallel_submesh: Optional[tuple[int, ...]] = None
+  mesh_shape: Optional[tuple[int, int]] = None
+  activation_partitioning_dims: int = 1
+  parameter_partitioning_dims: int = 1
+
+  def model_parallelism(self) -> int:
+    if self.mesh_shape is not None:
+      return int(self.mesh_shape[1])
+    if self.model_parallel_submesh is not None:
+      return int(math.prod(self.model_parallel_submesh))
+    return int(self.num_partitions)
+
+  def logical_axis_rules(self) -> list[tuple[str, Optional[str]]]:
+    return standard_logical_axis_rules(self.activation_partitioning_dims,
+                                       self.parameter_partitioning_dims)
+
+
+def create_mesh(config: Optional[MeshConfig] = None,
+                devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """A 2-D ('data', 'model') mesh over all (global) devices."""
+  config = config or MeshConfig()
+  devices = list(devices if devices is not None else jax.devices())
+  n = len(devices)
+  model = config.model_parallelism()
+  if config.mesh_shape is not None:
+    data, model = (int(d) for d in config.mesh_shape)
+  else:
+    if model <= 0 or n % model:
+      raise ValueError(f'MeshConfig: {n} devices are not divisible by a '
+                       f'model-parallel degree of {model}')
+    data = n // model
+  if data * model != n:
+    raise ValueError(f'MeshConfig.mesh_shape={config.mesh_shape} needs {data * model} '
+                     f'devices, found {n}')
+  # Devices are ordered by process so each process owns a contiguous block of
+  # the data axis (its rows of the global batch).
+  devices = sorted(devices, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices, dtype=object).reshape(data, model),
+              (DATA_AXIS, MODEL_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Batches: leading (batch) axis split over 'data'."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalAxisRules) -> Any:
+  """Shardings for a tree of `nn.LogicallyPartitioned` (or plain) leaves."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+
+
+def opt_state_shardings(tx: Any, abstract_params: Any, param_shardings: Any,
+                        abstract_opt_state: Any, mesh: Mesh) -> Any:
+  """Optimizer state leaves shaped like their parameter share its sharding;
+  other leaves (counts, Adafactor's factored row/column statistics) are
+  replicated."""
+  import optax  # pylint: disable=g-import-not-at-top
+  rep = replicated(mesh)
+
+  def f(state_leaf, param, sharding):
+    if getattr(state_leaf, 'shape', None) == getattr(param, 'shape', ()):
+      return sharding
+    return rep
+  try:
+    return optax.tree_map_params(
+        tx, f, abstract_opt_state, abstract_params, param_shardings,
+        transform_non_params=lambda _: rep)
+  except Exception:  # pylint: disable=broad-except
+    return jax.tree.map(lambda _: rep, abstract_opt_state)
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  """Rows of the global batch this process feeds."""
+  n = jax.process_count()
+  if global_batch_size % n:
+    raise ValueError(f'BATCH_SIZE={global_batch_size} is not divisible by the '
+                     f'{n} processes')
+  return global_batch_size // n
+
+
+def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh
+                      ) -> dict[str, jax.Array]:
+  """Process-local rows → one global array per feature, sharded on 'data'."""
+  sharding = data_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def with_sharding_constraint(x: Any, mesh: Mesh, spec: P) -> Any:
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

@@ -1,0 +1,168 @@
+"""The project's vocabulary, selectable after `import distill_sbs.tasks`.
+
+Selection, first match wins, resolved at the first *use* of the vocabulary:
+  1. gin `get_vocabulary.spm_path = '/path/spiece.model'` (or the argument),
+  2. `$DISTILL_SBS_SPM_PATH`,
+  3. `seqio.ByteVocabulary(extra_ids=100)` (vocab_size 359; offline default).
+
+Tasks are registered at import time with `DEFAULT_VOCABULARY`, a `LazyVocabulary`
+that calls `get_vocabulary()` the first time any attribute is needed (reading
+data, `vocab_size`, ...) and then delegates every call to that vocabulary. So
+parse gin / set the env var before reading data; once resolved the choice is
+fixed for the process (`reset_default_vocabulary()` re-opens it, for tests).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import Optional
+
+import gin
+import seqio
+
+SPM_PATH_ENV = 'DISTILL_SBS_SPM_PATH'
+BYTE_EXTRA_IDS = 100
+
+
+@gin.configurable
+def get_vocabulary(spm_path: Optional[str] = None,
+                   extra_ids: int = BYTE_EXTRA_IDS) -> seqio.Vocabulary:
+  """SentencePiece by path (T5's `spiece.model`: extra_ids=100), else bytes."""
+  spm_path = spm_path or os.environ.get(SPM_PATH_ENV) or None
+  if spm_path:
+    path = os.path.expanduser(spm_path)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'SentencePiece model not found: {path!r} '
+                              f'(from get_vocabulary.spm_path or ${SPM_PATH_ENV})')
+    return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  return seqio.ByteVocabulary(extra_ids=extra_ids)
+
+
+def file_hash(path: str) -> str:
+  """sha256 hex of a file (e.g. a teacher's `spiece.model`)."""
+  with open(os.path.expanduser(path), 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def vocab_hash(vocabulary: seqio.Vocabulary) -> str:
+  """sha256 hex of the SentencePiece model file; for byte vocabularies the
+  sha256 of 'seqio.ByteVocabulary(extra_ids=N)'."""
+  if isinstance(vocabulary, LazyVocabulary):
+    vocabulary = vocabulary.resolved
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    path = vocabulary.sentencepiece_model_file
+    if path and os.path.exists(path):
+      return file_hash(path)
+    return hashlib.sha256(vocabulary.sp_model).hexdigest()
+  if isinstance(vocabulary, seqio.ByteVocabulary):
+    desc = f'seqio.ByteVocabulary(extra_ids={vocabulary.extra_ids})'
+    return hashlib.sha256(desc.encode('utf-8')).hexdigest()
+  raise TypeError(f'vocab_hash: unsupported vocabulary {type(vocabulary).__name__}')
+
+
+class LazyVocabulary(seqio.Vocabulary):
+  """Delegates to `get_vocabulary()` (or `factory`), resolved on first use."""
+
+  def __init__(self, factory=None):
+    super().__init__(extra_ids=0)
+    self._factory = factory or get_vocabulary
+    self._vocab: Optional[seqio.Vocabulary] = None
+    self._lock = threading.Lock()
+
+  @property
+  def resolved(self) -> seqio.Vocabulary:
+    if self._vocab is None:
+      with self._lock:
+        if self._vocab is None:
+          self._vocab = self._factory()
+    return self._vocab
+
+  def __getstate__(self):
+    return {'_factory': self._factory, '_vocab': self._vocab, '_extra_ids': 0}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def reset(self) -> None:
+    with self._lock:
+      self._vocab = None
+
+  # Every public piece of the seqio.Vocabulary interface delegates.
+  @property
+  def bos_id(self):
+    return self.resolved.bos_id
+
+  @property
+  def eos_id(self):
+    return self.resolved.eos_id
+
+  @property
+  def pad_id(self):
+    return self.resolved.pad_id
+
+  @property
+  def unk_id(self):
+    return self.resolved.unk_id
+
+  @property
+  def extra_ids(self):
+    return self.resolved.extra_ids
+
+  @property
+  def vocab_size(self):
+    return self.resolved.vocab_size
+
+  @property
+  def _base_vocab_size(self):
+    return self.resolved._base_vocab_size  # pylint: disable=protected-access
+
+  def _encode(self, s):
+    return self.resolved._encode(s)  # pylint: disable=protected-access
+
+  def _decode(self, ids):
+    return self.resolved._decode(ids)  # pylint: disable=protected-access
+
+  def _encode_tf(self, s):
+    return self.resolved._encode_tf(s)  # pylint: disable=protected-access
+
+  def _decode_tf(self, ids):
+    return self.resolved._decode_tf(ids)  # pylint: disable=protected-access
+
+  def encode(self, s):
+    return self.resolved.encode(s)
+
+  def decode(self, ids):
+    return self.resolved.decode(ids)
+
+  def encode_tf(self, s):
+    return self.resolved.encode_tf(s)
+
+  def decode_tf(self, ids):
+    return self.resolved.decode_tf(ids)
+
+  def __eq__(self, other):
+    if isinstance(other, LazyVocabulary):
+      return self is other or self.resolved == other.resolved
+    return self.resolved == other
+
+  def __hash__(self):
+    return id(self)
+
+  def __str__(self):
+    state = str(self._vocab) if self._vocab is not None else 'unresolved'
+    return f'LazyVocabulary({state})'
+
+
+DEFAULT_VOCABULARY = LazyVocabulary()
+
+
+def default_vocabulary() -> LazyVocabulary:
+  """The process-wide vocabulary every `distill_sbs.tasks` task uses."""
+  return DEFAULT_VOCABULARY
+
+
+def reset_default_vocabulary() -> None:
+  """Forget the resolved choice (tests, or re-selection before data is read)."""
+  DEFAULT_VOCABULARY.reset()

@@ -1,0 +1,183 @@
+"""Report figures (PNG, matplotlib Agg): curves, accuracy bars, data efficiency.
+
+Every function takes plain rows/records and a path, writes one PNG and returns
+the path; none needs a display.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from distill_sbs.experiments import runs as runs_lib  # noqa: E402
+
+
+def _save(fig, path: os.PathLike | str) -> pathlib.Path:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def plot_training_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]],
+                         path: os.PathLike | str,
+                         keys: Sequence[str] = ('loss', 'accuracy')) -> pathlib.Path:
+  """One panel per metric key, one line per run (label -> metrics records)."""
+  keys = [k for k in keys if any(runs_lib.series(r, k)[0] for r in curves.values())]
+  if not keys:
+    raise ValueError(f'no run holds any of the keys to plot ({list(curves)})')
+  fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    for label, records in curves.items():
+      steps, values = runs_lib.series(records, key)
+      if steps:
+        ax.plot(steps, values, label=label, marker='.' if len(steps) < 30 else None)
+    ax.set_xlabel('step')
+    ax.set_ylabel(key)
+    ax.set_title(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_metric_by_method(rows: Sequence[Mapping[str, Any]], path: os.PathLike | str,
+                          metric: str = 'test_accuracy',
+                          title: Optional[str] = None) -> pathlib.Path:
+  """Bars per method: `{metric}_mean` ± `{metric}_std` (summary rows) or `metric`."""
+  labels, means, stds = [], [], []
+  for r in rows:
+    if runs_lib.is_number(r.get(f'{metric}_mean')):
+      mean, std = float(r[f'{metric}_mean']), float(r.get(f'{metric}_std', 0.0))
+    elif runs_lib.is_number(r.get(metric)):
+      mean, std = float(r[metric]), 0.0
+    else:
+      continue
+    labels.append(str(r['method']))
+    means.append(mean)
+    stds.append(std)
+  if not labels:
+    raise ValueError(f'no row holds {metric!r}')
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(labels) + 1), 3.6))
+  xs = np.arange(len(labels))
+  bars = ax.bar(xs, means, yerr=stds, capsize=4, color=[f'C{i}' for i in range(len(labels))])
+  for b, m in zip(bars, means):
+    ax.annotate(f'{m:.3f}', (b.get_x() + b.get_width() / 2, m), ha='center',
+                va='bottom', fontsize=8, xytext=(0, 2), textcoords='offset points')
+  ax.set_xticks(xs, labels, rotation=20, ha='right', fontsize=8)
+  ax.set_ylabel(metric)
+  ax.set_title(title or f'{metric} by method')
+  ax.grid(axis='y', alpha=0.3)
+  return _save(fig, path)
+
+
+def _panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+  return sorted({(str(r['dataset']), str(r['size'])) for r in rows})
+
+
+def plot_metric_vs_fraction(summary: Sequence[Mapping[str, Any]], path: os.PathLike | str,
+                            metric: str = 'test_accuracy') -> pathlib.Path:
+  """The paper's data-efficiency figure: metric vs % of training data, per method."""
+  panels = _panels(summary)
+  if not panels:
+    raise ValueError('no rows to plot')
+  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+  for ax, (ds, size) in zip(axes[0], panels):
+    methods = sorted({str(r['method']) for r in summary
+                      if (str(r['dataset']), str(r['size'])) == (ds, size)})
+    for i, method in enumerate(methods):
+      pts = sorted((float(r['fraction']) * 100, float(r[f'{metric}_mean']),
+                    float(r.get(f'{metric}_std', 0.0))) for r in summary
+                   if (str(r['dataset']), str(r['size']), str(r['method'])) == (ds, size, method)
+                   and runs_lib.is_number(r.get(f'{metric}_mean')))
+      if pts:
+        x, y, e = map(np.array, zip(*pts))
+        ax.errorbar(x, y, yerr=e, marker='o', capsize=3, label=method, color=f'C{i}')
+    ax.set_xscale('log', base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
+    ax.set_xlabel('% of training data')
+    ax.set_ylabel(metric)
+    ax.set_title(f'{ds} ({size})')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def plot_metric_vs_size(summary: Sequence[Mapping[str, Any]], path: os.PathLike | str,
+                        sizes_order: Sequence[str], metric: str = 'test_accuracy',
+                        fraction: float = 1.0) -> pathlib.Path:
+  """Metric vs model size (at one data fraction), one line per method."""
+  datasets = sorted({str(r['dataset']) for r in summary})
+  fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+  for ax, ds in zip(axes[0], datasets):
+    methods = sorted({str(r['method']) for r in summary if str(r['dataset']) == ds})
+    for i, method in enumerate(methods):
+      pts = []
+      for r in summary:
+        if (str(r['dataset']), str(r['method'])) == (ds, method) and \
+            abs(float(r['fraction']) - fraction) < 1e-9 and \
+            str(r['size']) in sizes_order and runs_lib.is_number(r.get(f'{metric}_mean')):
+          pts.append((list(sizes_order).index(str(r['size'])),
+                      float(r[f'{metric}_mean']), float(r.get(f'{metric}_std', 0.0))))
+      if pts:
+        x, y, e = map(np.array, zip(*sorted(pts)))
+        ax.errorbar(x, y, yerr=e, marker='o', capsize=3, label=method, color=f'C{i}')
+    ax.set_xticks(range(len(sizes_order)), list(sizes_order))
+    ax.set_xlabel('model size')
+    ax.set_ylabel(metric)
+    ax.set_title(f'{ds} ({format_pct(fraction)}% data)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def format_pct(fraction: float) -> str:
+  return runs_lib.format_fraction(fraction)
+
+
+def reliability_bins(confidences: Sequence[float], correct: Sequence[bool],
+                     num_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Equal-width bins over [0, 1]: (mean confidence, accuracy, count) per bin."""
+  conf = np.asarray(confidences, dtype=np.float64)  # [n]
+  corr = np.asarray(correct, dtype=np.float64)  # [n]
+  if conf.shape != corr.shape:
+    raise ValueError(f'confidences {conf.shape} and correct {corr.shape} differ')
+  idx = np.clip(np.ceil(conf * num_bins).astype(int) - 1, 0, num_bins - 1)  # [n]
+  count = np.bincount(idx, minlength=num_bins).astype(np.float64)
+  safe = np.maximum(count, 1)
+  mean_conf = np.bincount(idx, conf, minlength=num_bins) / safe
+  acc = np.bincount(idx, corr, minlength=num_bins) / safe
+  return mean_conf, acc, count
+
+
+def plot_reliability(panels: Mapping[str, tuple[Sequence[float], Sequence[bool]]],
+                     path: os.PathLike | str, num_bins: int = 10,
+                     ece: Optional[Mapping[str, float]] = None) -> pathlib.Path:
+  """Reliability diagrams side by side: label -> (confidences, correct)."""
+  if not panels:
+    raise ValueError('no predictions to plot')
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.8),
+                           squeeze=False)
+  edges = np.linspace(0, 1, num_bins + 1)
+  for ax, (label, (conf, corr)) in zip(axes[0], panels.items()):
+    mean_conf, acc, count = reliability_bins(conf, corr, num_bins)
+    nonempty = count > 0
+    ax.bar(edges[:-1][nonempty], acc[nonempty], width=1 / num_bins, align='edge',
+           edgecolor='k', alpha=0.7, label='accuracy')
+    ax.plot([0, 1], [0, 1], 'k--', lw=1, label='perfect calibration')
+    ax.plot(mean_conf[nonempty], acc[nonempty], 'ro', ms=3, label='mean confidence')
+    title = label if not ece or label not in ece else f'{label}\nECE={ece[label]:.3f}'
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel('confidence')
+    ax.set_ylabel('accuracy')
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc='upper left')
+  return _save(fig, path)

@@ -1,0 +1,369 @@
+"""`python -m distill_sbs.experiments.sweep --gin_file=gin/experiments/X.gin`.
+
+Runs methods × data fractions × seeds (× model sizes), each an ordinary
+`distill_sbs.train` subprocess in its own MODEL_DIR
+`{output_dir}/runs/{dataset}_{size}/{method}/frac{pct}/seed{seed}`; skips runs
+whose done marker matches (resumable: rerun the same command after a crash);
+then aggregates every finished run into `results.csv` (one row per run),
+`summary.csv` (mean/std over seeds), plots and `report.md` in `output_dir`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+import gin
+
+from distill_sbs.experiments import aggregate
+from distill_sbs.experiments import methods as methods_lib
+from distill_sbs.experiments import plots
+from distill_sbs.experiments import report
+from distill_sbs.experiments import runs as runs_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+SIZES_ORDER = ('tiny', 'small', 'base', 'large', 'xl', 'xxl')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """One experiment (see module doc).
+
+  Attributes:
+    name: experiment name (report title; default output dir).
+    dataset: prepared dataset name (cqa, svamp, esnli, anli1).
+    sizes: model sizes; `{size}` in the methods' gin file templates.
+    methods: method names (`methods.METHODS`) in plot/table order.
+    fractions: fractions of the training data in (0, 1].
+    seeds: RANDOM_SEED values; mean/std are taken over them.
+    train_steps: TRAIN_STEPS of every run.
+    output_dir: where runs and the report go ('' = runs/sweeps/{name}).
+    bindings: extra `KEY=VALUE` gin bindings for every run (e.g. BATCH_SIZE=8).
+    method_overrides: method name -> {field: value} (see `methods.Method`).
+    train_command: argv prefix of the trainer.
+    eval_command: argv prefix of the test evaluation after training (empty:
+      none); it gets the run's gin files and bindings plus `run_student_eval`
+      bindings (eval_task, dataset, model=%MODEL, model_dir=%MODEL_DIR) and
+      must write `MODEL_DIR/eval_results.json` (flat JSON of numbers).
+    eval_bindings: extra `KEY=VALUE` bindings of the evaluation only (e.g.
+      `run_student_eval.num_examples=500`).
+    metric: metric to plot and tabulate ('' = test_accuracy, else the first
+      eval accuracy found, else training accuracy).
+    keep_going: continue with the next run when one fails.
+  """
+  name: str
+  dataset: str
+  sizes: Sequence[str] = ('tiny',)
+  methods: Sequence[str] = ('standard_finetune', 'sbs_llm')
+  fractions: Sequence[float] = (0.125, 0.25, 0.5, 1.0)
+  seeds: Sequence[int] = (0,)
+  train_steps: int = 1000
+  output_dir: str = ''
+  bindings: Sequence[str] = ()
+  method_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+      default_factory=dict)
+  train_command: Sequence[str] = (sys.executable, '-m', 'distill_sbs.train')
+  eval_command: Sequence[str] = (sys.executable, '-m', 'distill_sbs.experiments.evaluate')
+  eval_bindings: Sequence[str] = ()
+  metric: str = ''
+  keep_going: bool = False
+
+  def __post_init__(self):
+    for f in ('sizes', 'methods', 'fractions', 'seeds', 'bindings',
+              'train_command', 'eval_command', 'eval_bindings'):
+      object.__setattr__(self, f, tuple(getattr(self, f)))
+    object.__setattr__(self, 'fractions', tuple(float(x) for x in self.fractions))
+    object.__setattr__(self, 'seeds', tuple(int(x) for x in self.seeds))
+    for fr in self.fractions:
+      runs_lib.format_fraction(fr)  # validates (0, 1]
+    if not self.methods or not self.sizes or not self.seeds or not self.fractions:
+      raise ValueError(f'SweepConfig {self.name!r}: methods, sizes, fractions and '
+                       'seeds must all be non-empty')
+    if self.train_steps <= 0:
+      raise ValueError(f'SweepConfig.train_steps must be > 0, got {self.train_steps}')
+    for b in (*self.bindings, *self.eval_bindings):
+      if '=' not in b:
+        raise ValueError(f'SweepConfig.bindings: {b!r} is not KEY=VALUE')
+    methods_lib.resolve(self.methods, self.method_overrides)  # validates
+
+  @property
+  def out_dir(self) -> pathlib.Path:
+    return pathlib.Path(self.output_dir or os.path.join('runs', 'sweeps', self.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+  spec: runs_lib.RunSpec
+  model_dir: pathlib.Path
+  train_argv: tuple[str, ...]
+  eval_argv: tuple[str, ...]
+  signature: str
+
+
+def _gin_str(s: str) -> str:
+  return json.dumps(str(s))
+
+
+def run_bindings(method: methods_lib.Method, spec: runs_lib.RunSpec,
+                 model_dir: pathlib.Path, train_steps: int,
+                 extra: Sequence[str]) -> list[str]:
+  """`--gin.KEY=VALUE` flags (T5X style) of one run."""
+  task = method.task if spec.fraction >= 1.0 else method.fraction_task
+  flags = [f'--gin.MODEL_DIR={_gin_str(str(model_dir))}',
+           f'--gin.MIXTURE_OR_TASK_NAME={_gin_str(task)}',
+           f'--gin.TRAIN_STEPS={int(train_steps)}',
+           f'--gin.RANDOM_SEED={int(spec.seed)}']
+  flags += [f'--gin.{b}' for b in (*extra, *method.bindings)]
+  return flags
+
+
+EVAL_FN = 'distill_sbs.experiments.evaluate.run_student_eval'
+
+
+def eval_flags(method: methods_lib.Method, dataset: str,
+               extra: Sequence[str] = ()) -> list[str]:
+  """The test evaluation's own bindings (see `evaluate.run_student_eval`)."""
+  return [f'--gin.{EVAL_FN}.model=%MODEL', f'--gin.{EVAL_FN}.model_dir=%MODEL_DIR',
+          f'--gin.{EVAL_FN}.eval_task={_gin_str(method.eval_task)}',
+          f'--gin.{EVAL_FN}.dataset={_gin_str(dataset)}',
+          *(f'--gin.{b}' for b in extra)]
+
+
+def _resolve_gin_file(path: str) -> str:
+  p = pathlib.Path(path)
+  if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
+    return str(p)
+  return str(REPO_ROOT / p)
+
+
+def plan(config: SweepConfig) -> list[PlannedRun]:
+  """Every grid point in order: size, method, fraction, seed."""
+  methods = methods_lib.resolve(config.methods, config.method_overrides)
+  out = []
+  for size in config.sizes:
+    for method in methods:
+      for fraction in config.fractions:
+        m = method.fill(config.dataset, size, fraction)
+        for seed in config.seeds:
+          spec = runs_lib.RunSpec(config.dataset, size, m.name, fraction, seed)
+          model_dir = (config.out_dir / 'runs' / spec.run_id).resolve()
+          args = [f'--gin_file={_resolve_gin_file(g)}' for g in m.gin_files]
+          args += run_bindings(m, spec, model_dir, config.train_steps, config.bindings)
+          train_argv = (*config.train_command, *args)
+          eval_argv = ((*config.eval_command, *args,
+                        *eval_flags(m, config.dataset, config.eval_bindings))
+                       if config.eval_command else ())
+          # The signature: what the run computes, not where files live.
+          sig_src = json.dumps([list(m.gin_files), m.task, m.fraction_task,
+                                list(m.bindings), list(config.bindings),
+                                config.train_steps, list(config.eval_command[1:]),
+                                m.eval_task, list(config.eval_bindings)])
+          signature = hashlib.sha256(sig_src.encode()).hexdigest()[:16]
+          out.append(PlannedRun(spec, model_dir, train_argv, eval_argv, signature))
+  return out
+
+
+class Runner(Protocol):
+  """Runs one argv with its output logged to `log_path`; raises on failure."""
+
+  def __call__(self, argv: Sequence[str], log_path: pathlib.Path) -> None:
+    ...
+
+
+def subprocess_runner(argv: Sequence[str], log_path: pathlib.Path,
+                      echo: Callable[[str], None] = lambda s: print(s, flush=True),
+                      echo_every: float = 10.0) -> None:
+  """Runs argv, tees output to `log_path`; echoes a line at most every 10 s."""
+  log_path.parent.mkdir(parents=True, exist_ok=True)
+  env = dict(os.environ)
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  last = 0.0
+  with open(log_path, 'a') as log:
+    log.write('$ ' + ' '.join(argv) + '\n')
+    log.flush()
+    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=str(REPO_ROOT))
+    assert proc.stdout is not None
+    for line in proc.stdout:
+      log.write(line)
+      now = time.monotonic()
+      if now - last >= echo_every and line.strip():
+        echo('    ' + line.rstrip()[:160])
+        last = now
+    rc = proc.wait()
+  if rc != 0:
+    tail = ''.join(log_path.read_text().splitlines(keepends=True)[-20:])
+    raise RuntimeError(f'command failed (exit {rc}), log {log_path}:\n{tail}')
+
+
+def execute(config: SweepConfig, runner: Runner = subprocess_runner,
+            log: Callable[[str], None] = lambda s: print(s, flush=True)
+            ) -> dict[str, list[runs_lib.RunSpec]]:
+  """Runs every unfinished run; returns {'ran': [...], 'skipped': [...], 'failed': [...]}."""
+  planned = plan(config)
+  status: dict[str, list[runs_lib.RunSpec]] = {'ran': [], 'skipped': [], 'failed': []}
+  t0 = time.monotonic()
+  for i, run in enumerate(planned, 1):
+    head = f'[{i}/{len(planned)}] {run.spec.run_id}'
+    if runs_lib.is_done(run.model_dir, run.spec, run.signature):
+      log(f'{head}: finished earlier, skipped')
+      status['skipped'].append(run.spec)
+      continue
+    log(f'{head}: training ({time.monotonic() - t0:.0f}s elapsed)')
+    try:
+      runner(run.train_argv, run.model_dir / 'train.log')
+      if run.eval_argv:
+        log(f'{head}: evaluating')
+        runner(run.eval_argv, run.model_dir / 'eval.log')
+    except Exception as e:  # pylint: disable=broad-except
+      status['failed'].append(run.spec)
+      if not config.keep_going:
+        raise
+      log(f'{head}: FAILED ({e}); continuing (keep_going)')
+      continue
+    runs_lib.mark_done(run.model_dir, run.spec,
+                       {'signature': run.signature, 'argv': list(run.train_argv[1:])})
+    status['ran'].append(run.spec)
+  return status
+
+
+def choose_metric(rows: Sequence[Mapping[str, Any]], preferred: str = '') -> str:
+  """The headline metric column (see `SweepConfig.metric`)."""
+  cols = aggregate.metric_columns(rows)
+  if preferred:
+    if preferred not in cols:
+      raise ValueError(f'metric {preferred!r} is in no run (have {cols})')
+    return preferred
+  for c in ('test_accuracy',):
+    if c in cols:
+      return c
+  evals = [c for c in cols if 'eval' in c and c.endswith('accuracy')]
+  if evals:
+    return evals[0]
+  if 'accuracy' in cols:
+    return 'accuracy'
+  raise ValueError(f'no accuracy metric in the runs (columns: {cols})')
+
+
+def write_outputs(config: SweepConfig) -> dict[str, pathlib.Path]:
+  """Aggregates finished runs into CSVs, plots and report.md; returns the paths."""
+  done = [(r.spec, r.model_dir) for r in plan(config)
+          if runs_lib.read_done(r.model_dir) is not None]
+  if not done:
+    raise ValueError(f'no finished runs under {config.out_dir}')
+  rows = aggregate.collect(done)
+  summary = aggregate.summarize(rows)
+  out = config.out_dir
+  paths = {'results': aggregate.write_csv(rows, out / 'results.csv'),
+           'summary': aggregate.write_csv(summary, out / 'summary.csv')}
+  metric = choose_metric(rows, config.metric)
+  paths['vs_fraction'] = plots.plot_metric_vs_fraction(
+      summary, out / 'accuracy_vs_fraction.png', metric)
+  sizes = [s for s in SIZES_ORDER if s in config.sizes] + \
+      [s for s in config.sizes if s not in SIZES_ORDER]
+  if len(sizes) > 1:
+    paths['vs_size'] = plots.plot_metric_vs_size(
+        summary, out / 'accuracy_vs_size.png', sizes, metric, max(config.fractions))
+  curves = {}
+  for spec, model_dir in done:
+    if spec.seed == config.seeds[0] and spec.fraction == max(config.fractions):
+      mp = pathlib.Path(model_dir) / runs_lib.METRICS_FILE
+      if mp.exists():
+        curves[f'{spec.size}/{spec.method}'] = runs_lib.read_metrics(mp)
+  if curves:
+    paths['curves'] = plots.plot_training_curves(curves, out / 'training_curves.png')
+  paths['report'] = _write_report(config, summary, metric, paths, len(done))
+  return paths
+
+
+def _write_report(config: SweepConfig, summary, metric: str,
+                  paths: Mapping[str, pathlib.Path], n_done: int) -> pathlib.Path:
+  methods = methods_lib.resolve(config.methods, config.method_overrides)
+  order = {m.name: i for i, m in enumerate(methods)}
+  rows = sorted(summary, key=lambda r: (SIZES_ORDER.index(r['size'])
+                                        if r['size'] in SIZES_ORDER else 99,
+                                        order.get(r['method'], 99), r['fraction']))
+  cols = ['size', 'method', 'fraction', 'n_seeds', metric]
+  extra = [m for m in ('test_ece',) if m != metric and f'{m}_mean' in summary[0]]
+  cell = lambda r, c: (report.mean_std_cell(r, c) if c in (metric, *extra)
+                       else plots.format_pct(r[c]) + '%' if c == 'fraction'
+                       else report.fmt_cell(r.get(c)))
+  table = report.markdown_table(rows, cols + extra, cell=cell)
+  n_planned = len(config.sizes) * len(config.methods) * len(config.fractions) * len(config.seeds)
+  sections = [
+      ('Setup', '\n'.join([
+          f'- dataset: `{config.dataset}`; sizes: {", ".join(config.sizes)}',
+          f'- data fractions: {", ".join(plots.format_pct(f) + "%" for f in config.fractions)};'
+          f' seeds: {", ".join(map(str, config.seeds))}; train steps: {config.train_steps}',
+          f'- runs finished: {n_done} of {n_planned}',
+          f'- extra bindings: {", ".join(config.bindings) or "none"}'])),
+      ('Methods', '\n'.join(f'- `{m.name}`: {m.description} (task `'
+                            f'{m.task}`, gin {", ".join(m.gin_files)})' for m in methods)),
+      (f'Results ({metric}, mean ± std over seeds)', table),
+      ('Data efficiency', report.image(paths['vs_fraction'].name, 'accuracy vs data')),
+  ]
+  if 'vs_size' in paths:
+    sections.append(('Model size', report.image(paths['vs_size'].name, 'accuracy vs size')))
+  if 'curves' in paths:
+    sections.append(('Training curves (largest fraction, first seed)',
+                     report.image(paths['curves'].name, 'training curves')))
+  sections.append(('Files', '`results.csv`: one row per run (final value of every '
+                   'metric in its metrics.jsonl, `test_*` from eval_results.json); '
+                   '`summary.csv`: mean and sample std over seeds.'))
+  return report.write_report(config.out_dir / 'report.md',
+                             f'Experiment {config.name}', sections)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  """`--gin_file` (repeatable), `--gin_bindings`/`--gin.KEY=VALUE`, flags."""
+  p = argparse.ArgumentParser(prog='python -m distill_sbs.experiments.sweep',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--gin_file', action='append', default=[], required=True)
+  p.add_argument('--gin_bindings', action='append', default=[])
+  p.add_argument('--dry_run', action='store_true', help='print the commands only')
+  p.add_argument('--aggregate_only', action='store_true',
+                 help='only rebuild CSVs, plots and report from finished runs')
+  args, rest = p.parse_known_args(argv)
+  bindings = list(args.gin_bindings)
+  for r in rest:
+    if r.startswith('--gin.') and '=' in r:
+      bindings.append(r[len('--gin.'):])
+    else:
+      p.error(f'unknown argument {r!r}')
+  return args, bindings
+
+
+def load_config(gin_files: Sequence[str], bindings: Sequence[str]) -> SweepConfig:
+  gin.parse_config_files_and_bindings([_resolve_gin_file(f) for f in gin_files],
+                                      bindings, finalize_config=False)
+  return SweepConfig()  # pylint: disable=no-value-for-parameter
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+  config = load_config(args.gin_file, bindings)
+  if args.dry_run:
+    for r in plan(config):
+      print(' '.join(r.train_argv))
+    return 0
+  if not args.aggregate_only:
+    status = execute(config)
+    print(f'sweep {config.name}: ran {len(status["ran"])}, skipped '
+          f'{len(status["skipped"])}, failed {len(status["failed"])}')
+  paths = write_outputs(config)
+  print(f'report: {paths["report"]}')
+  print(paths['report'].read_text())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

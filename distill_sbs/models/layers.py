@@ -1,0 +1,350 @@
+"""T5 building blocks (as T5X's `examples/t5/layers.py`): dense, embedding,
+RMS layer norm, MLP, multi-head attention with a key/value cache, relative
+position biases and attention-mask helpers.
+
+Parameters are created with `nn.with_logical_partitioning` (boxed) under T5X's
+names and logical axes; activations are constrained with
+`nn.with_logical_constraint` (a no-op outside a logical-axis-rules context).
+"""
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax import lax
+
+from distill_sbs.models.config import activation_fn
+
+Array = jnp.ndarray
+DType = Any
+Initializer = Callable[..., Array]
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+NEG_INF = -1e10
+
+
+def _param(module: nn.Module, name: str, init: Initializer, shape, dtype,
+           axes: tuple[str, ...]) -> Array:
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class DenseGeneral(nn.Module):
+  """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X."""
+  features: int | tuple[int, ...]
+  axis: int | tuple[int, ...] = -1
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+  kernel_axes: tuple[str, ...] = ()
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    features = self.features if isinstance(self.features, tuple) else (self.features,)
+    axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+    inputs = jnp.asarray(inputs, self.dtype)
+    axis = tuple(a if a >= 0 else inputs.ndim + a for a in axis)
+    in_shape = tuple(inputs.shape[a] for a in axis)
+    kernel = _param(self, 'kernel', self.kernel_init,
+                    (int(np.prod(in_shape)), int(np.prod(features))),
+                    self.param_dtype, self.kernel_axes)
+    kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+    contract = tuple(range(len(axis)))
+    return lax.dot_general(inputs, kernel, ((axis, contract), ((), ())))
+
+
+class Embed(nn.Module):
+  """Token embedding [vocab, embed]; `attend` gives tied-embedding logits."""
+  num_embeddings: int
+  features: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  attend_dtype: Optional[DType] = None
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = _param(self, 'embedding', self.embedding_init,
+                            (self.num_embeddings, self.features), self.param_dtype,
+                            ('vocab', 'embed'))
+
+  def __call__(self, inputs: Array) -> Array:
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError(f'Embed: token ids must be integers, got {inputs.dtype}')
+    # A gather (not T5X's one-hot matmul): far cheaper off TPU.
+    output = jnp.take(jnp.asarray(self.embedding, self.dtype), inputs, axis=0)
+    return nn.with_logical_constraint(output, ('batch', 'length', 'embed'))
+
+  def attend(self, query: Array) -> Array:
+    dtype = self.attend_dtype or self.dtype
+    return jnp.dot(jnp.asarray(query, dtype), jnp.asarray(self.embedding, dtype).T)
+
+
+class LayerNorm(nn.Module):
+  """T5 RMS norm: no mean subtraction, no bias; statistics in float32."""
+  epsilon: float = 1e-6
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, jnp.float32)
+    mean2 = jnp.mean(lax.square(x), axis=-1, keepdims=True)
+    y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],),
+                   self.param_dtype, ('embed',))
+    return y * jnp.asarray(scale, self.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Feed-forward block; several activations are multiplied (gated GELU)."""
+  intermediate_dim: int
+  activations: Sequence[str] = ('relu',)
+  intermediate_dropout_rate: float = 0.0
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, inputs: Array, deterministic: bool = False) -> Array:
+    hidden = []
+    for idx, act in enumerate(self.activations):
+      name = 'wi' if len(self.activations) == 1 else f'wi_{idx}'
+      x = DenseGeneral(self.intermediate_dim, dtype=self.dtype,
+                       param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                       kernel_axes=('embed', 'mlp'), name=name)(inputs)
+      hidden.append(activation_fn(act)(x))
+    x = functools.reduce(operator.mul, hidden)  # [batch, length, mlp]
+    x = nn.Dropout(rate=self.intermediate_dropout_rate, broadcast_dims=(-2,))(
+        x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
+    return DenseGeneral(inputs.shape[-1], dtype=self.dtype, param_dtype=self.param_dtype,
+                        kernel_init=self.kernel_init, kernel_axes=('mlp', 'embed'),
+                        name='wo')(x)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array,
+                          bias: Optional[Array] = None,
+                          dropout_rng: Optional[Array] = None,
+                          dropout_rate: float = 0.0, deterministic: bool = True,
+                          dtype: DType = jnp.float32,
+                          float32_logits: bool = False) -> Array:
+  """Unscaled dot-product attention: q [b, q, h, d], k/v [b, k, h, d]."""
+  if float32_logits:
+    query = query.astype(jnp.float32)
+    key = key.astype(jnp.float32)
+  weights = jnp.einsum('bqhd,bkhd->bhqk', query, key)  # [b, h, q, k]
+  if bias is not None:
+    weights = weights + bias.astype(weights.dtype)
+  weights = jax.nn.softmax(weights).astype(dtype)
+  if not deterministic and dropout_rate > 0.0:
+    keep_prob = 1.0 - dropout_rate
+    shape = list(weights.shape)
+    shape[-2] = 1
+    keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
+    weights = weights * (keep.astype(dtype) / jnp.asarray(keep_prob, dtype))
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """T5X multi-head attention with its `cache` collection semantics.
+
+  With `decode=True` the first call (no `cached_key` yet) only creates zeroed
+  `cached_key`/`cached_value` [batch, heads, head_dim, length] and
+  `cache_index`; later calls take one query position and append its key/value.
+  With `cross=True` (encoder-decoder attention) the projected encoder
+  keys/values are computed on the first decoding step and then read back from
+  the cache instead of being re-projected every step.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  dropout_rate: float = 0.0
+  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+  float32_logits: bool = False
+  cross: bool = False
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array,
+               mask: Optional[Array] = None, bias: Optional[Array] = None, *,
+               decode: bool = False, deterministic: bool = False) -> Array:
+    projection = functools.partial(
+        DenseGeneral, axis=-1, features=(self.num_heads, self.head_dim),
+        kernel_axes=('embed', 'joined_kv'), dtype=self.dtype,
+        param_dtype=self.param_dtype)
+    # T5 folds 1/sqrt(head_dim) into the query initialiser, not the logits.
+    depth_scaling = jnp.sqrt(self.head_dim).astype(self.param_dtype)
+    query_init = lambda *args: self.kernel_init(*args) / depth_scaling
+    axes = ('batch', 'length', 'heads', 'kv')
+    query = projection(kernel_init=query_init, name='query')(inputs_q)
+    query = nn.with_logical_constraint(query, axes)  # [b, q, h, d]
+    key_proj = projection(kernel_init=self.kernel_init, name='key')
+    value_proj = projection(kernel_init=self.kernel_init, name='value')
+
+    if decode and self.cross:
+      key, value = self._cached_cross_kv(inputs_kv, key_proj, value_proj)
+    else:
+      key = nn.with_logical_constraint(key_proj(inputs_kv), axes)
+      value = nn.with_logical_constraint(value_proj(inputs_kv), axes)
+      if decode:
+        key, value, mask, bias = self._self_attention_cache(query, key, value, mask, bias)
+
+    attention_bias = None
+    if mask is not None:
+      attention_bias = lax.select(mask > 0, jnp.zeros(mask.shape, self.dtype),
+                                  jnp.full(mask.shape, NEG_INF, self.dtype))
+    if bias is not None:
+      attention_bias = bias if attention_bias is None else attention_bias + bias
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng('dropout')
+    x = dot_product_attention(query, key, value, bias=attention_bias,
+                              dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+                              deterministic=deterministic, dtype=self.dtype,
+                              float32_logits=self.float32_logits)
+    return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1),
+                        kernel_init=self.kernel_init, kernel_axes=('joined_kv', 'embed'),
+                        dtype=self.dtype, param_dtype=self.param_dtype, name='out')(x)
+
+  def _self_attention_cache(self, query, key, value, mask, bias):
+    is_initialized = self.has_variable('cache', 'cached_key')
+    swap = lambda s: s[:-3] + (s[-2], s[-1], s[-3])
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, swap(key.shape), key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, swap(value.shape),
+                                 value.dtype)
+    cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:
+      return key, value, mask, bias
+    batch, num_heads, head_dim, length = cached_key.value.shape
+    if query.shape != (batch, 1, num_heads, head_dim):
+      raise ValueError(f'Autoregressive cache shape error: expected query shape '
+                       f'{(batch, 1, num_heads, head_dim)}, got {query.shape}')
+    cur = cache_index.value
+    one_hot = jax.nn.one_hot(cur, length, dtype=key.dtype)  # [length]
+    key = cached_key.value + jnp.moveaxis(key, -3, -1) * one_hot
+    value = cached_value.value + jnp.moveaxis(value, -3, -1) * one_hot
+    cached_key.value, cached_value.value = key, value
+    cache_index.value = cur + 1
+    key = jnp.moveaxis(key, -1, -3)  # [b, length, h, d]
+    value = jnp.moveaxis(value, -1, -3)
+    causal = jnp.broadcast_to(jnp.arange(length) <= cur, (batch, 1, 1, length))
+    mask = combine_masks(mask, causal)
+    if bias is not None:
+      # bias [1, h, length, length] -> the current query row [1, h, 1, length].
+      bias = lax.dynamic_slice_in_dim(bias, cur, 1, axis=-2)
+    return key, value, mask, bias
+
+  def _cached_cross_kv(self, inputs_kv, key_proj, value_proj):
+    # Cache leaves: `cache_index` keeps T5X's `cache_map` from beam-expanding
+    # the flag; keys/values are [batch, heads, head_dim, kv_length] as T5X's.
+    b, kv_len = inputs_kv.shape[0], inputs_kv.shape[1]
+    shape = (b, self.num_heads, self.head_dim, kv_len)
+    is_initialized = self.has_variable('cache', 'cached_key')
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
+    cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+
+    def project(_):
+      k = jnp.moveaxis(key_proj(inputs_kv), 1, -1).astype(self.dtype)
+      v = jnp.moveaxis(value_proj(inputs_kv), 1, -1).astype(self.dtype)
+      return k, v
+
+    if not is_initialized or self.is_initializing():
+      k, v = project(None)
+    else:
+      k, v = lax.cond(cache_index.value == 0, project,
+                      lambda _: (cached_key.value, cached_value.value), None)
+      cached_key.value, cached_value.value = k, v
+      cache_index.value = cache_index.value + 1
+    axes = ('batch', 'length', 'heads', 'kv')
+    key = nn.with_logical_constraint(jnp.moveaxis(k, -1, 1), axes)
+    value = nn.with_logical_constraint(jnp.moveaxis(v, -1, 1), axes)
+    return key, value
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool = True,
+                             num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+  """T5's bucketing of memory_position - query_position (numpy, static)."""
+  ret = 0
+  n = -relative_position
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  val_if_large = max_exact + (
+      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
+      np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  return ret + np.where(is_small, n, val_if_large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Per-head learned bias for each relative-position bucket."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: DType = jnp.float32
+  param_dtype: DType = jnp.float32
+  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+  @nn.compact
+  def __call__(self, qlen: int, klen: int, bidirectional: bool = True) -> Array:
+    """Returns the bias [1, heads, qlen, klen]."""
+    context = np.arange(qlen, dtype=np.int32)[:, None]
+    memory = np.arange(klen, dtype=np.int32)[None, :]
+    buckets = relative_position_bucket(memory - context, bidirectional=bidirectional,
+                                       num_buckets=self.num_buckets,
+                                       max_distance=self.max_distance)
+    table = _param(self, 'rel_embedding', self.embedding_init,
+                   (self.num_heads, self.num_buckets), self.param_dtype,
+                   ('heads', 'relpos_buckets'))
+    values = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(buckets), axis=1)
+    return values[jnp.newaxis]  # [1, h, qlen, klen]
+
+
+def make_attention_mask(query_input: Array, key_input: Array,
+                        pairwise_fn: Callable = jnp.multiply,
+                        dtype: DType = jnp.float32) -> Array:
+  """[batch, len_q], [batch, len_kv] -> mask [batch, 1, len_q, len_kv]."""
+  mask = pairwise_fn(jnp.expand_dims(query_input, -1), jnp.expand_dims(key_input, -2))
+  return jnp.expand_dims(mask, -3).astype(dtype)
+
+
+def make_causal_mask(x: Array, dtype: DType = jnp.float32) -> Array:
+  idxs = jnp.broadcast_to(jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape)
+  return make_attention_mask(idxs, idxs, jnp.greater_equal, dtype=dtype)
+
+
+def combine_masks(*masks: Optional[Array], dtype: DType = jnp.float32) -> Optional[Array]:
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  mask = masks[0]
+  for other in masks[1:]:
+    mask = jnp.logical_and(mask, other)
+  return mask.astype(dtype)
+
+
+def make_decoder_mask(decoder_target_tokens: Array, dtype: DType,
+                      decoder_causal_attention: Optional[Array] = None,
+                      decoder_segment_ids: Optional[Array] = None) -> Array:
+  """Causal x padding (x packing) self-attention mask, as T5X."""
+  causal = make_causal_mask(decoder_target_tokens, dtype=dtype)
+  if decoder_causal_attention is not None:
+    inputs_mask = make_attention_mask(decoder_causal_attention, decoder_causal_attention,
+                                      jnp.logical_and, dtype=dtype)
+    causal = jnp.logical_or(causal, inputs_mask).astype(dtype)
+  masks = [causal, make_attention_mask(decoder_target_tokens > 0,
+                                       decoder_target_tokens > 0, dtype=dtype)]
+  if decoder_segment_ids is not None:
+    masks.append(make_attention_mask(decoder_segment_ids, decoder_segment_ids,
+                                     jnp.equal, dtype=dtype))
+  return combine_masks(*masks, dtype=dtype)

@@ -1,0 +1,321 @@
+"""Generate rationales for a dataset with a teacher, resumably, into TFRecords.
+
+`run(config, backend, sampling)`:
+  1. loads the inputs (prepared records of `dataset/split`, or a JSON-lines file),
+  2. skips ids already stored in `{out_dir}/.parts-{split}` (see `store.py`),
+  3. streams few-shot prompts through the backend, parses each completion with
+     `data.parsers` (self-consistency vote when `num_samples > 1`), and stores
+     a record per example; failures go to `failures.jsonl` and are retried on
+     the next run,
+  4. writes `{split}.tfrecord-*` (atomically, input order, one record per id)
+     and `manifest.json` (counts, parse failures, teacher accuracy, backend,
+     model, prompt hash, sampling, wall time, tokens/s).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+import tqdm
+
+from distill_sbs.data import formats
+from distill_sbs.data import paths
+from distill_sbs.data import schema
+from distill_sbs.teacher import prompts as prompts_lib
+from distill_sbs.teacher import self_consistency
+from distill_sbs.teacher import store as store_lib
+from distill_sbs.teacher.base import Completion, GenerationResult, SamplingConfig
+
+MANIFEST = 'manifest.json'
+_TOKEN_ID = re.compile(r'^token_id:(\d+)$')
+
+
+@gin.configurable(module='distill_sbs.teacher')
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """What to generate and where (the backend and sampling are separate)."""
+  out_dir: str = ''
+  dataset: Optional[str] = None      # names inputs, prompts and parser
+  split: str = 'train'
+  data_dir: Optional[str] = None     # default: paths.data_dir()
+  input_jsonl: Optional[str] = None  # instead of the prepared dataset
+  prompt_file: Optional[str] = None  # overrides tasks/data/prompts/{ds}.json
+  chat: bool = False                 # chat messages instead of one string
+  max_examples: int = 0              # 0 = all
+  num_shards: int = 0                # 0 = one per 50k records
+  part_size: int = 64                # records per crash-safe part
+  part_seconds: float = 30.0         # ... or flush a part this often
+  keep_parse_failures: bool = True   # write unparsable examples (empty label)
+  progress: bool = True
+
+  def __post_init__(self):
+    if not self.out_dir:
+      raise ValueError('GenerationConfig.out_dir (--out_dir) is required')
+    if not self.dataset and not self.input_jsonl:
+      raise ValueError('need --dataset or --input_jsonl')
+    if not self.dataset and not self.prompt_file:
+      raise ValueError('--input_jsonl without --dataset needs --prompt_file '
+                       '(its "dataset" names the format and parser)')
+    if self.max_examples < 0:
+      raise ValueError(f'--max_examples must be >= 0, got {self.max_examples}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  id: str
+  inputs: str
+  label: str = ''   # gold, '' when unknown
+
+
+def load_examples(config: GenerationConfig, ds: str) -> list[Example]:
+  """Inputs in order; ids must be unique."""
+  out: list[Example] = []
+  if config.input_jsonl:
+    path = config.input_jsonl
+    with open(path, encoding='utf-8') as f:
+      for lineno, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f'{path}:{lineno}: invalid JSON: {e.msg}') from None
+        if not isinstance(row, dict):
+          raise ValueError(f'{path}:{lineno}: each line must be a JSON object')
+        try:
+          inputs = str(row['inputs']) if 'inputs' in row else formats.format_input(ds, row)
+          label = ''
+          if row.get('label') not in (None, ''):
+            label = str(row['label']) if ds == 'cqa' else formats.gold_label(ds, row)
+          elif ds == 'cqa' and row.get('answer'):
+            label = str(row['answer'])
+        except (ValueError, KeyError) as e:
+          raise ValueError(f'{path}:{lineno}: {e}') from None
+        ex_id = str(row.get('id') or row.get('uid') or f'{config.split}-{lineno - 1:06d}')
+        out.append(Example(ex_id, inputs, label))
+        if config.max_examples and len(out) >= config.max_examples:
+          break
+  else:
+    pattern = paths.split_pattern(ds, config.split, config.data_dir)
+    for rec in schema.read_records(pattern):
+      out.append(Example(str(rec['id']), rec['inputs'], rec.get('label', '')))
+      if config.max_examples and len(out) >= config.max_examples:
+        break
+  seen: set[str] = set()
+  for ex in out:
+    if ex.id in seen:
+      raise ValueError(f'duplicate example id {ex.id!r} in the inputs')
+    seen.add(ex.id)
+  return out
+
+
+def _http_topk(c: Completion) -> Optional[dict[str, Any]]:
+  """Top-k ids/log-probs from 'token_id:N' tokens (vLLM), else None."""
+  if not c.tokens or not c.top_logprobs:
+    return None
+  ids = [_TOKEN_ID.match(t) for t in c.tokens]
+  if not all(ids):
+    return None
+  k = max(len(t) for t in c.top_logprobs)
+  if k == 0:
+    return None
+  top_ids = np.zeros((len(c.tokens), k), np.int64)
+  top_lps = np.full((len(c.tokens), k), -1e4, np.float32)
+  for i, alts in enumerate(c.top_logprobs):
+    for j, (tok, lp) in enumerate(alts[:k]):
+      m = _TOKEN_ID.match(tok)
+      if m is None:
+        return None
+      top_ids[i, j], top_lps[i, j] = int(m.group(1)), lp
+  target = np.asarray([int(m.group(1)) for m in ids], np.int64)
+  fields = schema.encode_topk(top_ids, top_lps, int(max(top_ids.max(), target.max())) + 1)
+  return {**fields, 'teacher_target_ids': target, 'teacher_topk_field': 'llm_output'}
+
+
+def build_record(ds: str, ex: Example, result: GenerationResult,
+                 extra_fields: Mapping[str, Any]) -> tuple[dict, dict]:
+  """(record, index stats) for one successful generation."""
+  comps = result.completions
+  if len(comps) == 1:
+    v = self_consistency.vote(ds, [comps[0].text])
+    vote_share = 1.0
+  else:
+    v = self_consistency.vote(ds, [c.text for c in comps])
+    vote_share = v.vote_share
+  kept = comps[v.index]
+  p = v.parsed
+  rec: dict[str, Any] = {'id': ex.id, 'inputs': ex.inputs, 'label': ex.label,
+                         'llm_label': p.label if p.ok else '',
+                         'rationale': p.rationale if p.ok else '',
+                         'llm_output': kept.text, 'vote_share': vote_share}
+  if kept.topk_ids is not None:
+    rec.update(schema.encode_topk(kept.topk_ids, kept.topk_logprobs,
+                                  int(kept.vocab_size or 1 << 32)))
+    rec['teacher_target_ids'] = np.asarray(kept.target_ids, np.int64)
+    rec['teacher_topk_field'] = 'llm_output'
+  else:
+    rec.update(_http_topk(kept) or {})
+  rec.update(extra_fields)
+  correct = None
+  if ex.label:
+    correct = bool(p.ok and self_consistency.labels_agree(ds, ex.label, p.label))
+  stats = {'parse_ok': p.ok, 'parse_error': p.error, 'correct': correct,
+           'prompt_tokens': result.prompt_tokens,
+           'completion_tokens': sum(c.num_tokens for c in comps),
+           'num_samples': len(comps), 'vote_share': vote_share,
+           'attempts': result.attempts}
+  if kept.tokens is not None and 'teacher_topk_ids' not in rec:
+    stats['logprobs'] = {'tokens': kept.tokens, 'token_logprobs': kept.token_logprobs,
+                         'top_logprobs': kept.top_logprobs}
+  return rec, stats
+
+
+def _num_shards(config: GenerationConfig, n: int) -> int:
+  return config.num_shards or max(1, math.ceil(n / 50_000))
+
+
+def finalize(config: GenerationConfig, store: store_lib.PartStore,
+             examples: Sequence[Example]) -> tuple[list[str], dict[str, dict]]:
+  """Writes the final shards (input order, one record per id)."""
+  wanted = {ex.id: i for i, ex in enumerate(examples)}
+  index: dict[str, dict] = {}
+  for e in store.index():
+    if e['id'] in wanted and e['id'] not in index:
+      index[e['id']] = e
+  records: dict[str, dict] = {}
+  for rec in store.records():
+    rid = rec['id']
+    if rid in wanted and rid not in records:
+      if config.keep_parse_failures or index.get(rid, {}).get('parse_ok', True):
+        records[rid] = rec
+  ordered = [records[ex.id] for ex in examples if ex.id in records]
+  files = schema.write_shards(config.out_dir, config.split, ordered,
+                              _num_shards(config, len(ordered)))
+  lp_path = os.path.join(config.out_dir, f'{config.split}.logprobs.jsonl')
+  lp_entries = [(ex.id, index[ex.id]['logprobs']) for ex in examples
+                if ex.id in index and 'logprobs' in index[ex.id]]
+  if lp_entries:
+    tmp = lp_path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      for rid, lp in lp_entries:
+        f.write(json.dumps({'id': rid, **lp}, ensure_ascii=False) + '\n')
+    os.replace(tmp, lp_path)
+  return files, index
+
+
+def _manifest(config, ds, spec, style, backend, sampling, examples, index,
+              files, store, failed_ids, run_wall_s, run_tokens) -> dict:
+  entries = [index[ex.id] for ex in examples if ex.id in index]
+  parse_fail = [e['id'] for e in entries if not e['parse_ok']]
+  written = len(entries) if config.keep_parse_failures else len(entries) - len(parse_fail)
+  with_gold = [e for e in entries if e.get('correct') is not None]
+  parsed_gold = [e for e in with_gold if e['parse_ok']]
+  runs = store.runs()
+  total_wall = sum(r.get('wall_s', 0.0) for r in runs)
+  total_tokens = sum(e.get('completion_tokens', 0) for e in entries)
+  failures = {f['id']: f['reason'] for f in store.failures(store.run_id)
+              if f['id'] in failed_ids}
+  describe = getattr(backend, 'describe', None)
+  return {
+      'dataset': ds, 'split': config.split,
+      'source': config.input_jsonl or paths.split_pattern(ds, config.split, config.data_dir),
+      'complete': not failed_ids,
+      'files': [os.path.basename(f) for f in files],
+      'counts': {
+          'inputs': len(examples),
+          'generated': len(entries),
+          'written': written,
+          'parsed': len(entries) - len(parse_fail),
+          'parse_failures': len(parse_fail),
+          'failed': len(failed_ids),
+          'with_gold': len(with_gold),
+      },
+      'parse_failure_ids': parse_fail,
+      'failures': failures,
+      'teacher_accuracy': (sum(e['correct'] for e in with_gold) / len(with_gold)
+                           if with_gold else None),
+      'teacher_accuracy_parsed': (sum(e['correct'] for e in parsed_gold) / len(parsed_gold)
+                                  if parsed_gold else None),
+      'mean_vote_share': (float(np.mean([e['vote_share'] for e in entries]))
+                          if entries else None),
+      'backend': describe() if describe else {'backend': backend.name,
+                                              'model': backend.model},
+      'model': backend.model,
+      'prompt': {'style': style, 'hash': spec.hash(style), 'file': spec.source,
+                 'num_exemplars': len(spec.exemplars)},
+      'sampling': sampling.as_json(),
+      'wall_time_s': total_wall,
+      'run_wall_time_s': run_wall_s,
+      'completion_tokens': total_tokens,
+      'prompt_tokens': sum(e.get('prompt_tokens', 0) for e in entries),
+      'tokens_per_s': run_tokens / run_wall_s if run_wall_s > 0 else None,
+      'runs': len(runs),
+      'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  }
+
+
+def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
+  """Generates what is missing, then writes the shards and the manifest."""
+  t0 = time.monotonic()
+  spec = prompts_lib.load_spec(config.dataset, config.prompt_file)
+  ds = spec.dataset
+  style = 'chat' if config.chat else 'completion'
+  examples = load_examples(config, ds)
+  os.makedirs(config.out_dir, exist_ok=True)
+  store = store_lib.PartStore(config.out_dir, config.split, part_size=config.part_size,
+                              part_seconds=config.part_seconds)
+  done = store.done_ids()
+  todo = [ex for ex in examples if ex.id not in done]
+  by_id = {ex.id: ex for ex in todo}
+  extra = backend.record_fields()
+
+  def prompt_iter() -> Iterator[prompts_lib.Prompt]:
+    for ex in todo:
+      yield prompts_lib.build_prompt(spec, ex.id, ex.inputs, style)
+
+  failed: set[str] = set()
+  n_ok = n_parse_fail = run_tokens = 0
+  interrupted = True
+  bar = tqdm.tqdm(total=len(todo), unit='ex', desc=f'{ds}/{config.split}',
+                  disable=not config.progress or not todo, file=sys.stderr,
+                  mininterval=0.5, smoothing=0.1)
+  try:
+    for result in backend.generate(prompt_iter(), sampling, stop=spec.stop):
+      ex = by_id[result.id]
+      if not result.ok:
+        failed.add(ex.id)
+        store.record_failure(ex.id, result.error or 'no completion', result.attempts)
+      else:
+        rec, stats = build_record(ds, ex, result, extra)
+        store.add(rec, stats)
+        n_ok += 1
+        n_parse_fail += not stats['parse_ok']
+        run_tokens += stats['completion_tokens']
+      bar.update(1)
+      bar.set_postfix(failed=len(failed), unparsed=n_parse_fail, refresh=False)
+    interrupted = False
+  finally:
+    bar.close()
+    store.flush()
+    store.record_run({'wall_s': time.monotonic() - t0, 'generated': n_ok,
+                      'failed': len(failed), 'completion_tokens': run_tokens,
+                      'interrupted': interrupted})
+  stored = store.done_ids()
+  failed_ids = {ex.id for ex in examples if ex.id not in stored}
+  files, index = finalize(config, store, examples)
+  run_wall = time.monotonic() - t0
+  manifest = _manifest(config, ds, spec, style, backend, sampling, examples, index,
+                       files, store, failed_ids, run_wall, run_tokens)
+  tmp = os.path.join(config.out_dir, MANIFEST + '.tmp')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(manifest, f, indent=2, ensure_ascii=False)
+  os.replace(tmp, os.path.join(config.out_dir, MANIFEST))
+  return manifest

@@ -1,0 +1,193 @@
+"""Local T5-family teacher (Flan-T5 / Flan-UL2 / our own checkpoints) in JAX.
+
+Per batch of prompts: tokenize (EOS-terminated, left-truncated to
+`max_input_length`, padded to a power-of-two length bucket and to a fixed row
+count divisible by the device count), run the jit-compiled decoder of
+`distill_sbs.models.generate` with the batch sharded over a 1-D 'data' mesh of
+all devices and the parameters replicated, then score the generated target
+teacher-forced with `models.topk_scores` to keep the top-k token ids and
+log-probs (log-softmax of the logits) at every target position.
+
+The stored target (`Completion.target_ids`) is the generated ids through EOS;
+when a stop sequence cuts the text, it is the re-tokenized cut text + EOS, and
+the top-k is scored on exactly that target.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator, Optional, Sequence
+
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from distill_sbs import models
+from distill_sbs.data import vocab as vocab_lib
+from distill_sbs.teacher.base import Completion, GenerationResult, SamplingConfig
+from distill_sbs.teacher.prompts import Prompt
+
+EOS_ID = 1
+PAD_ID = 0
+
+
+def _bucket(n: int, lo: int, hi: int) -> int:
+  b = lo
+  while b < n:
+    b *= 2
+  return min(b, hi)
+
+
+def load_teacher(checkpoint: str, model_config: Optional[models.T5Config] = None
+                 ) -> tuple[models.T5Config, Any]:
+  """(config, params) from an HF directory, or (with `model_config`) from any
+  checkpoint `training.checkpoints.read_params` understands (our own runs)."""
+  path = os.path.expanduser(checkpoint)
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    return models.load_hf_checkpoint(path)
+  if model_config is None:
+    raise ValueError(f'--checkpoint={checkpoint!r} is not a Hugging Face directory '
+                     '(config.json + model.safetensors); for our own checkpoints bind '
+                     'LocalT5Backend.model_config = @T5Config() in gin')
+  from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
+  return model_config, checkpoints.read_params(path)
+
+
+@gin.configurable(module='distill_sbs.teacher')
+class LocalT5Backend:
+  """`TeacherBackend` running a T5 encoder-decoder on the local devices."""
+  name = 'local'
+
+  def __init__(self, checkpoint: Optional[str] = None, model: Optional[str] = None, *,
+               batch_size: int = 16, k: int = 5, max_input_length: int = 1024,
+               model_config: Optional[models.T5Config] = None,
+               spm_path: Optional[str] = None, seed: int = 0,
+               config: Optional[models.T5Config] = None, params: Any = None,
+               vocabulary: Any = None, devices: Optional[Sequence[Any]] = None):
+    if (checkpoint is None) == (params is None):
+      raise ValueError('LocalT5Backend needs --checkpoint (or config + params)')
+    if batch_size < 1 or k < 1 or max_input_length < 2:
+      raise ValueError(f'LocalT5Backend: batch_size={batch_size}, k={k}, '
+                       f'max_input_length={max_input_length} must be positive')
+    if checkpoint is not None:
+      config, params = load_teacher(checkpoint, model_config)
+      vocabulary = vocabulary or models.load_vocabulary(os.path.expanduser(checkpoint))
+    if vocabulary is None:
+      vocabulary = vocab_lib.get_vocabulary(spm_path) if spm_path else vocab_lib.get_vocabulary()
+    if vocabulary.vocab_size > config.vocab_size:
+      raise ValueError(f'vocabulary has {vocabulary.vocab_size} ids but the teacher '
+                       f'config has vocab_size={config.vocab_size}')
+    self.config = config
+    self.vocabulary = vocabulary
+    self.model = model or (checkpoint or 'local-t5')
+    self.checkpoint = checkpoint
+    self.batch_size = int(batch_size)
+    self.k = int(k)
+    self.max_input_length = int(max_input_length)
+    self.seed = int(seed)
+    self.mesh = Mesh(np.asarray(list(devices or jax.devices())), ('data',))
+    self._ndev = self.mesh.devices.size
+    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self.stats = {'batches': 0, 'truncated_prompts': 0, 'generated_tokens': 0}
+    self._vocab_hash = vocab_lib.vocab_hash(vocabulary)
+
+  def record_fields(self) -> dict:
+    return {'teacher_vocab_hash': self._vocab_hash}
+
+  def describe(self) -> dict:
+    return {'backend': self.name, 'model': self.model, 'checkpoint': self.checkpoint,
+            'batch_size': self.batch_size, 'topk': self.k,
+            'max_input_length': self.max_input_length, 'devices': self._ndev,
+            'vocab_size': self.config.vocab_size, 'teacher_vocab_hash': self._vocab_hash}
+
+  def close(self) -> None:
+    pass
+
+  # -- tokenization ----------------------------------------------------------
+  def encode_prompt(self, text: str) -> list[int]:
+    ids = list(self.vocabulary.encode(text)) + [EOS_ID]
+    if len(ids) > self.max_input_length:
+      self.stats['truncated_prompts'] += 1
+      ids = ids[-self.max_input_length:]
+    return ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    size = self.vocabulary.vocab_size
+    return self.vocabulary.decode([int(i) for i in ids if 1 < int(i) < size])
+
+  def _rows(self, n: int) -> int:
+    return -(-n // self._ndev) * self._ndev
+
+  def _shard(self, x: np.ndarray) -> jax.Array:
+    return jax.device_put(x, NamedSharding(self.mesh, P('data')))
+
+  # -- one batch ---------------------------------------------------------------
+  def generate_batch(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                     stop: Sequence[str] = (), batch_index: int = 0
+                     ) -> list[GenerationResult]:
+    n = sampling.num_samples
+    encoded = [self.encode_prompt(p.flat_text()) for p in prompts]
+    length = _bucket(max(len(e) for e in encoded), 16, self.max_input_length)
+    rows = self._rows(self.batch_size * n)
+    enc = np.zeros((rows, length), np.int32)                # [rows, length]
+    for i, e in enumerate(encoded):
+      for s in range(n):
+        enc[i * n + s, :len(e)] = e
+    enc_dev = self._shard(enc)
+    method = 'sample' if sampling.temperature > 0 else 'greedy'
+    rng = jax.random.PRNGKey(self.seed * 1_000_003 + (sampling.seed or 0) + batch_index)
+    tokens, _ = models.generate(
+        self.config, self.params, enc_dev, max_decode_length=sampling.max_tokens,
+        method=method, temperature=max(sampling.temperature, 1e-6),
+        topp=sampling.top_p if sampling.top_p < 1 else 0.0, rng=rng)
+    tokens = np.asarray(tokens)                              # [rows, max_tokens]
+    targets = np.zeros((rows, sampling.max_tokens), np.int32)  # [rows, max_tokens]
+    texts, finish, lengths = [], [], []
+    for r in range(len(prompts) * n):
+      row = tokens[r]
+      # Through the first EOS; a (rare) generated PAD ends the target too, so
+      # the target has no interior 0 (which scoring would treat as padding).
+      end = np.nonzero((row == EOS_ID) | (row == PAD_ID))[0]
+      eos = end[:1] if end.size and row[end[0]] == EOS_ID else end[:0]
+      ids = row[:end[0] + int(eos.size)] if end.size else row
+      text = self.decode(ids)
+      cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+      if cut >= 0:
+        text = text[:cut]
+        ids = np.asarray((list(self.vocabulary.encode(text)) + [EOS_ID])
+                         [:sampling.max_tokens], np.int32)
+      targets[r, :len(ids)] = ids
+      lengths.append(len(ids))
+      texts.append(text)
+      finish.append('stop' if cut >= 0 or eos.size else 'length')
+    top_ids, top_lps = models.topk_scores(self.config, self.params, enc_dev,
+                                          self._shard(targets), self.k)
+    top_ids, top_lps = np.asarray(top_ids), np.asarray(top_lps)  # [rows, T, k]
+    self.stats['batches'] += 1
+    results = []
+    for i, p in enumerate(prompts):
+      comps = []
+      for s in range(n):
+        r = i * n + s
+        length_r = lengths[r]
+        self.stats['generated_tokens'] += length_r
+        comps.append(Completion(
+            text=texts[r], finish_reason=finish[r], num_tokens=length_r,
+            target_ids=targets[r, :length_r].astype(np.int64),
+            topk_ids=top_ids[r, :length_r], topk_logprobs=top_lps[r, :length_r],
+            vocab_size=self.config.vocab_size))
+      results.append(GenerationResult(p.id, comps, prompt_tokens=len(encoded[i])))
+    return results
+
+  def generate(self, prompts: Iterable[Prompt], sampling: SamplingConfig,
+               stop: Sequence[str] = ()) -> Iterator[GenerationResult]:
+    stop = tuple(dict.fromkeys(tuple(stop) + tuple(sampling.stop)))
+    batch: list[Prompt] = []
+    index = 0
+    for p in prompts:
+      batch.append(p)
+      if len(batch) == self.batch_size:
+        yield from self.generate_batch(batch, sampling, stop, index)
+        batch, index = [], index + 1
+    if batch:
+      yield from self.generate_batch(batch, sampling, stop, index)

@@ -1,0 +1,276 @@
+"""Checkpoints: Orbax `CheckpointManager` for runs, plus initial-weight import.
+
+A run's checkpoints live in `MODEL_DIR/checkpoints/<step>/` with two items:
+`state` (the `TrainState`: step, params, optimizer state; arrays saved
+sharded, restorable onto any mesh) and `data` (JSON: the input iterator
+position). Initial weights (`INITIAL_CHECKPOINT_PATH`) may be one of our run
+directories / step directories, a Hugging Face directory (`config.json` +
+safetensors) or a T5X legacy checkpoint directory (msgpack `checkpoint` file +
+tensorstore arrays, parameters under `target/`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+AssignmentMap = Sequence[tuple[str, Optional[str]]]
+
+
+class RunCheckpointer:
+  """Periodic async saves with keep-N and resume (`MODEL_DIR/checkpoints`)."""
+
+  def __init__(self, model_dir: str, *, save_period: int = 1000, keep: Optional[int] = 3,
+               async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
+    self.save_period = int(save_period)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(self.save_period, 1), max_to_keep=keep,
+        enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'data'))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> Sequence[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: Mapping[str, Any],
+           force: bool = False) -> bool:
+    """Saves when `step` is on the period (or `force`); returns whether it did."""
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      data=ocp.args.JsonSave(dict(data_state))),
+        force=force)
+
+  def restore(self, step: Optional[int], abstract_state: Any) -> tuple[Any, dict]:
+    """Restores `state` with the target shardings in `abstract_state`."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    out = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                      data=ocp.args.JsonRestore()))
+    return out['state'], dict(out['data'] or {})
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+# ----------------------------------------------------------------------------
+# Initial weights.
+# ----------------------------------------------------------------------------
+def _is_hf_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, 'config.json')) and any(
+      f.endswith('.safetensors') or f.endswith('.safetensors.index.json')
+      for f in os.listdir(path))
+
+
+def _is_t5x_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, 'checkpoint'))
+
+
+def _orbax_step_dir(path: str) -> Optional[str]:
+  """A step directory holding a `state` item, from a run / checkpoints / step dir."""
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  for root in (os.path.join(path, 'checkpoints'), path):
+    if os.path.isdir(root):
+      steps = [int(d) for d in os.listdir(root) if d.isdigit()
+               and os.path.isdir(os.path.join(root, d, 'state'))]
+      if steps:
+        return os.path.join(root, str(max(steps)))
+  return None
+
+
+def read_params(path: str) -> dict[str, Any]:
+  """Parameters (nested dict of numpy arrays) from any supported format."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'INITIAL_CHECKPOINT_PATH {path!r} is not a directory')
+  if _is_hf_dir(path):
+    from distill_sbs import models  # pylint: disable=g-import-not-at-top
+    from distill_sbs.models import hf_io  # pylint: disable=g-import-not-at-top
+    load = getattr(models, 'load_hf_checkpoint', hf_io.load_hf_checkpoint)
+    _, params = load(path)
+    return params
+  if _is_t5x_dir(path):
+    return load_t5x_checkpoint(path)['target']
+  step_dir = _orbax_step_dir(path)
+  if step_dir is not None:
+    return read_orbax_state(step_dir)['params']
+  raise ValueError(f'INITIAL_CHECKPOINT_PATH {path!r}: not a Hugging Face directory '
+                   '(config.json + *.safetensors), a T5X checkpoint directory '
+                   "('checkpoint' file) or a distill-sbs run / checkpoint directory")
+
+
+def read_orbax_state(step_dir: str) -> dict[str, Any]:
+  """A saved `state` item as host numpy arrays (independent of its mesh)."""
+  ckptr = ocp.PyTreeCheckpointer()
+  state_dir = os.path.join(step_dir, 'state')
+  meta = ckptr.metadata(state_dir)
+  tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def load_params(path: str, abstract_params: Any, shardings: Any,
+                assignment_map: Optional[AssignmentMap] = None) -> Any:
+  """All parameters from `path`, placed in `shardings` (eval / infer)."""
+  flat, _ = assign_params(abstract_params, read_params(path), assignment_map, strict=True)
+  flat_sh = traverse_util.flatten_dict(shardings)
+  out = {}
+  for key in traverse_util.flatten_dict(abstract_params):
+    val = flat['/'.join(key)]
+    if val is None:
+      raise ValueError(f'load_params: parameter {"/".join(key)!r} was mapped to None')
+    out[key] = jax.make_array_from_callback(val.shape, flat_sh[key],
+                                            lambda idx, v=val: v[idx])
+  return traverse_util.unflatten_dict(out)
+
+
+def assign_params(target: Mapping[str, Any], source: Mapping[str, Any],
+                  assignment_map: Optional[AssignmentMap] = None,
+                  strict: bool = True) -> tuple[dict[str, Any], list[str]]:
+  """Builds target-shaped params from `source` (T5X's `assignment_map`).
+
+  Args:
+    target: nested dict of the run's (abstract or concrete) parameters.
+    source: nested dict of checkpoint parameters.
+    assignment_map: (regex on the target path 'a/b/c', source path
+      replacement or None). The first matching rule wins; None keeps the
+      target's initial value (partial loads). Unmatched paths load from the
+      same path.
+    strict: raise when a target path is missing from `source` (and not mapped
+      to None) or shapes differ.
+
+  Returns:
+    (flat dict path → array or None (keep initial), list of loaded paths).
+  """
+  flat_t = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(target)).items()}
+  flat_s = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(source)).items()}
+  out, loaded = {}, []
+  for path, tval in flat_t.items():
+    src = path
+    for pattern, repl in assignment_map or ():
+      if re.fullmatch(pattern, path):
+        src = None if repl is None else re.sub(pattern, repl, path)
+        break
+    if src is None:
+      out[path] = None
+      continue
+    if src not in flat_s:
+      if strict:
+        raise KeyError(f'initial checkpoint has no parameter {src!r} (for {path!r}); '
+                       'map it with an assignment_map rule (regex, None) to keep its '
+                       'initial value')
+      out[path] = None
+      continue
+    arr = np.asarray(flat_s[src])
+    if tuple(arr.shape) != tuple(tval.shape):
+      raise ValueError(f'initial checkpoint parameter {src!r} has shape {arr.shape}, '
+                       f'the model expects {tuple(tval.shape)} for {path!r}')
+    out[path] = arr.astype(tval.dtype)
+    loaded.append(path)
+  return out, loaded
+
+
+def load_initial_params(path: str, params: Any, shardings: Any,
+                        assignment_map: Optional[AssignmentMap] = None,
+                        strict: bool = True) -> Any:
+  """`params` (initialised, sharded) with values from the checkpoint at `path`."""
+  source = read_params(path)
+  flat, _ = assign_params(params, source, assignment_map, strict)
+  flat_p = traverse_util.flatten_dict(params)
+  flat_sh = traverse_util.flatten_dict(shardings)
+  new = {}
+  for key, cur in flat_p.items():
+    val = flat['/'.join(key)]
+    if val is None:
+      new[key] = cur
+    else:
+      new[key] = jax.make_array_from_callback(val.shape, flat_sh[key],
+                                              lambda idx, v=val: v[idx])
+  return traverse_util.unflatten_dict(new)
+
+
+# ----------------------------------------------------------------------------
+# T5X legacy checkpoints (msgpack + tensorstore).
+# ----------------------------------------------------------------------------
+def _is_ts_spec(x: Any) -> bool:
+  return isinstance(x, dict) and {'driver', 'kvstore'} <= set(x)
+
+
+def load_t5x_checkpoint(path: str) -> dict[str, Any]:
+  """Reads a T5X `checkpoint_<step>` directory into nested numpy dicts.
+
+  The msgpack `checkpoint` file holds the state dict; partitioned arrays are
+  replaced by tensorstore specs whose kvstore paths are relative to the
+  checkpoint directory. Returns e.g. {'target': params, 'state': {...}}.
+  """
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  ckpt = os.path.join(path, 'checkpoint')
+  with open(ckpt, 'rb') as f:
+    state = serialization.msgpack_restore(f.read())
+
+  def load(leaf):
+    if not _is_ts_spec(leaf):
+      return np.asarray(leaf) if isinstance(leaf, (np.ndarray, np.generic, int, float)) \
+          else leaf
+    spec = dict(leaf)
+    kv = dict(spec['kvstore'])
+    if kv.get('driver') in ('gcs', 'gfile', 'file'):
+      rel = kv.get('path', spec.pop('path', ''))
+      kv = {'driver': 'file', 'path': rel if os.path.isabs(rel) else os.path.join(path, rel)}
+    spec['kvstore'] = kv
+    spec.pop('path', None)
+    return np.asarray(ts.open(spec, open=True).result().read().result())
+  out = jax.tree.map(load, state, is_leaf=_is_ts_spec)
+  if 'optimizer' in out and 'target' not in out:  # older flax.optim layout
+    out = out['optimizer']
+  if 'target' not in out:
+    raise ValueError(f'{ckpt}: no parameters under target/ (keys: {sorted(out)})')
+  return out
+
+
+def write_t5x_checkpoint(path: str, params: Mapping[str, Any], step: int = 0,
+                         tensorstore_min_size: int = 0) -> None:
+  """Writes `params` in T5X's legacy layout (for tests and export): arrays with
+  at least `tensorstore_min_size` elements go to zarr stores, the rest inline."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  flat = traverse_util.flatten_dict({'target': dict(params)})
+  out = {}
+  for key, arr in flat.items():
+    arr = np.asarray(arr)
+    if arr.size >= tensorstore_min_size and arr.ndim > 0:
+      rel = '.'.join(key)
+      spec = {'driver': 'zarr', 'dtype': arr.dtype.name,
+              'kvstore': {'driver': 'file', 'path': rel},
+              'metadata': {'shape': list(arr.shape), 'chunks': list(arr.shape),
+                           'compressor': {'id': 'gzip'}}}
+      abs_spec = dict(spec, kvstore={'driver': 'file', 'path': os.path.join(path, rel)})
+      store = ts.open(abs_spec, create=True, delete_existing=True).result()
+      store.write(arr).result()
+      out[key] = spec
+    else:
+      out[key] = arr
+  state = traverse_util.unflatten_dict(out)
+  state['state'] = {'step': np.asarray(step, np.int32), 'param_states': {}}
+  state['version'] = 3
+  with open(os.path.join(path, 'checkpoint'), 'wb') as f:
+    f.write(serialization.msgpack_serialize(state))

@@ -1,0 +1,162 @@
+"""Gin + absl flags as T5X's `gin_utils`: `--gin_file` (repeatable),
+`--gin_bindings`, `--gin.NAME=value`, `--gin_search_paths`; required macros;
+the resolved config written to `MODEL_DIR/config.gin`.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from typing import Callable, Optional, Sequence
+
+import gin
+from absl import app
+from absl import flags
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_FLAGS_DEFINED = False
+
+
+def define_flags() -> None:
+  """Defines the gin and multi-host flags once."""
+  global _FLAGS_DEFINED
+  if _FLAGS_DEFINED or 'gin_file' in flags.FLAGS:
+    _FLAGS_DEFINED = True
+    return
+  flags.DEFINE_multi_string('gin_file', [], 'Gin config file(s); repeatable.')
+  flags.DEFINE_multi_string('gin_bindings', [], 'Individual gin bindings.')
+  flags.DEFINE_list('gin_search_paths', ['.'],
+                    'Comma-separated directories searched for gin files and includes '
+                    '(the repository root is always searched last).')
+  flags.DEFINE_string('coordinator_address', None,
+                      "Multi-host: jax.distributed coordinator 'host:port' (or 'auto').")
+  flags.DEFINE_integer('process_count', None, 'Multi-host: number of processes.')
+  flags.DEFINE_integer('process_index', None, 'Multi-host: index of this process.')
+  flags.DEFINE_string('cpu_collectives', None,
+                      "Multi-host on CPU: collectives implementation ('gloo').")
+  _FLAGS_DEFINED = True
+
+
+def _gin_value(value: str) -> str:
+  """Leaves gin syntax alone; bare words like runs/x become quoted strings."""
+  v = value.strip()
+  if not v or v[0] in '@%([{\'"' or v in ('True', 'False', 'None'):
+    return v
+  try:
+    ast.literal_eval(v)
+    return v
+  except (ValueError, SyntaxError):
+    return repr(v)
+
+
+def rewrite_gin_args(args: Sequence[str]) -> list[str]:
+  """`--gin.NAME=VALUE` → `--gin_bindings=NAME = VALUE` (T5X's shorthand)."""
+  out = []
+  for arg in args:
+    if arg.startswith('--gin.'):
+      if '=' not in arg:
+        raise ValueError(f'gin flag {arg!r} must look like --gin.NAME=VALUE')
+      name, value = arg[len('--gin.'):].split('=', 1)
+      out.append(f'--gin_bindings={name} = {_gin_value(value)}')
+    else:
+      out.append(arg)
+  return out
+
+
+def _is_required(value) -> bool:
+  return str(value).strip() == '%gin.REQUIRED'
+
+
+def _macro_names() -> list[str]:
+  names = []
+  for (scope, selector) in list(gin.config._CONFIG):  # pylint: disable=protected-access
+    if selector.endswith('macro') and scope:
+      names.append(scope)
+  return names
+
+
+def check_required_macros(names: Optional[Sequence[str]] = None) -> None:
+  """Raises naming every macro still bound to `%gin.REQUIRED`."""
+  missing = []
+  for name in names if names is not None else _macro_names():
+    try:
+      value = gin.query_parameter(f'%{name}')
+    except ValueError:
+      continue
+    if _is_required(value):
+      missing.append(name)
+  if missing:
+    hint = ' '.join(f'--gin.{n}=...' for n in missing)
+    raise ValueError(f'required gin macro(s) not set: {", ".join(missing)} '
+                     f'(pass e.g. {hint})')
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
+              gin_search_paths: Sequence[str] = ('.',), check_required: bool = True
+              ) -> None:
+  """Parses files + bindings (bindings win), then checks required macros."""
+  paths = [os.path.abspath(p) for p in gin_search_paths] + [REPO_ROOT]
+  for p in paths:
+    gin.add_config_file_search_path(p)
+  if not gin_files:
+    raise ValueError('at least one --gin_file is required')
+  files = []
+  for f in gin_files:
+    if os.path.exists(f):
+      files.append(f)
+      continue
+    found = [os.path.join(p, f) for p in paths if os.path.exists(os.path.join(p, f))]
+    if not found:
+      raise FileNotFoundError(f'gin file {f!r} not found in {paths}')
+    files.append(found[0])
+  gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
+  if check_required:
+    check_required_macros()
+
+
+def parse_gin_flags(check_required: bool = True) -> None:
+  f = flags.FLAGS
+  parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths, check_required)
+
+
+def write_config(model_dir: str, name: str = 'config.gin') -> Optional[str]:
+  """Writes the parsed config (all bindings) to MODEL_DIR/config.gin (process 0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return None
+  os.makedirs(model_dir, exist_ok=True)
+  path = os.path.join(model_dir, name)
+  with open(path, 'w', encoding='utf-8') as fh:
+    fh.write(gin.config_str())
+  return path
+
+
+def initialize_distributed_from_flags() -> None:
+  from distill_sbs.training import partitioning  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  if f.coordinator_address:
+    partitioning.initialize_distributed(
+        coordinator_address=f.coordinator_address, num_processes=f.process_count,
+        process_id=f.process_index, cpu_collectives=f.cpu_collectives)
+  else:
+    gin.get_configurable(partitioning.initialize_distributed)()
+
+
+def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = None
+        ) -> None:
+  """`absl.app.run` with the `--gin.NAME=value` rewriting."""
+  define_flags()
+  app.run(main, argv=list(argv) if argv is not None else None,
+          flags_parser=lambda a: flags.FLAGS(rewrite_gin_args(a)))
+
+
+def query_model_dir(*keys: str) -> Optional[str]:
+  """The first of `keys` (macros '%NAME' or bindings) bound to a string path."""
+  for key in keys or ('%MODEL_DIR',):
+    try:
+      value = gin.query_parameter(key)
+    except (ValueError, KeyError):
+      continue
+    if isinstance(value, str):
+      return os.path.abspath(os.path.expanduser(value))
+  return None

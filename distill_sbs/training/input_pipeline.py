@@ -1,0 +1,103 @@
+"""SeqIO datasets for training / evaluation, per process, with a resumable position.
+
+Each process reads its own shard (`seqio.ShardInfo(process_index, process_count)`)
+and yields `global_batch / process_count` rows; `make_global_batch` assembles
+the global batch. The iterator position is the number of batches consumed:
+the dataset is deterministic (seeded shuffle), so a resumed run skips exactly
+the batches the interrupted run had used.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Iterator, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+
+@gin.configurable(module='distill_sbs.training.input_pipeline')
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """Which data a run reads (T5X's `DatasetConfig`).
+
+  `batch_size` is global (all processes). `module` is imported first so its
+  SeqIO registrations exist (default `distill_sbs.tasks`).
+  """
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = 'train'
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: Optional[int] = 0
+  use_cached: bool = False
+  pack: bool = False
+  module: Optional[str] = 'distill_sbs.tasks'
+  feature_converter_cls: Optional[Any] = None  # None → the model's converter
+
+
+def import_task_module(module: Optional[str]) -> None:
+  if module:
+    importlib.import_module(module)
+
+
+def feature_converter(cfg: DatasetConfig, model: Any) -> seqio.FeatureConverter:
+  cls = cfg.feature_converter_cls or getattr(model, 'FEATURE_CONVERTER_CLS',
+                                             seqio.EncDecFeatureConverter)
+  return cls(pack=cfg.pack)
+
+
+def get_dataset(cfg: DatasetConfig, model: Any, *, num_epochs: Optional[int] = None,
+                shard_info: Optional[seqio.ShardInfo] = None,
+                drop_remainder: bool = True) -> tf.data.Dataset:
+  """Model-feature batches of this process's rows (repeated when num_epochs=None)."""
+  import_task_module(cfg.module)
+  if shard_info is None:
+    shard_info = seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+  if cfg.batch_size % shard_info.num_shards:
+    raise ValueError(f'DatasetConfig.batch_size={cfg.batch_size} is not divisible by '
+                     f'the {shard_info.num_shards} data shards (processes)')
+  local_batch = cfg.batch_size // shard_info.num_shards
+  ds = seqio.get_dataset(
+      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+      feature_converter=feature_converter(cfg, model), dataset_split=cfg.split,
+      use_cached=cfg.use_cached, shuffle=cfg.shuffle, num_epochs=num_epochs,
+      shard_info=shard_info, verbose=False, seed=cfg.seed, batch_size=None)
+  return ds.batch(local_batch, drop_remainder=drop_remainder)
+
+
+class BatchIterator:
+  """Numpy batches of a (repeating) dataset; `position` = batches consumed."""
+
+  def __init__(self, ds: tf.data.Dataset, position: int = 0):
+    self._ds = ds
+    self.position = int(position)
+    self._it: Optional[Iterator[Mapping[str, np.ndarray]]] = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      self._it = iter(self._ds.skip(self.position).as_numpy_iterator())
+    batch = next(self._it)
+    self.position += 1
+    return dict(batch)
+
+  def get_state(self) -> dict[str, int]:
+    return {'position': self.position}
+
+
+def global_input_shapes(ds: tf.data.Dataset) -> dict[str, tuple]:
+  """Per-feature global shapes from a process-local batched dataset."""
+  shapes = {}
+  for k, spec in ds.element_spec.items():
+    shape = tuple(spec.shape)
+    if any(d is None for d in shape):
+      raise ValueError(f'feature {k!r} has a dynamic shape {shape}; batches must '
+                       'have static shapes (drop_remainder=True)')
+    shapes[k] = (shape[0] * jax.process_count(),) + shape[1:]
+  return shapes

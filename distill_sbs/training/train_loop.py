@@ -1,0 +1,179 @@
+"""`train()`: the gin-configured training run (T5X's `train.train`).
+
+Resumes from the latest checkpoint in `MODEL_DIR` (state + data position),
+else initialises (optionally from `INITIAL_CHECKPOINT_PATH`), then trains to
+`TRAIN_STEPS` (absolute), checkpointing every `checkpoint_period`, running
+inference evaluation and teacher-forced validation every `EVAL_PERIOD`, and
+logging to `MODEL_DIR/metrics.jsonl` and TensorBoard.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Optional
+
+import gin
+import jax
+import numpy as np
+from absl import logging
+
+from distill_sbs.training import checkpoints as ckpt_lib
+from distill_sbs.training import evaluation
+from distill_sbs.training import input_pipeline
+from distill_sbs.training import metrics_logging
+from distill_sbs.training import partitioning
+from distill_sbs.training import train_state as ts_lib
+from distill_sbs.training import trainer as trainer_lib
+
+
+def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
+  """Non-padding encoder + decoder tokens in a (local) batch."""
+  n = 0
+  for k in ('encoder_input_tokens', 'decoder_target_tokens'):
+    if k in batch:
+      n += int(np.sum(np.asarray(batch[k]) > 0))
+  return n
+
+
+def _windowed(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
+  """Averages per-step metrics of a logging window; accuracy from token sums."""
+  if not metrics:
+    return {}
+  host = jax.device_get(metrics)
+  out = {}
+  for k in host[0]:
+    vals = [float(np.asarray(m[k])) for m in host]
+    out[k] = float(np.sum(vals)) if k in trainer_lib.SUMMED_METRICS else float(np.mean(vals))
+  if out.get('real_tokens'):
+    out['accuracy'] = out['correct_tokens'] / out['real_tokens']
+  for k in ('correct_tokens', 'real_tokens', 'weight_sum'):
+    out.pop(k, None)
+  return out
+
+
+@gin.configurable(module='distill_sbs.training.train_loop')
+def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_dir: str,
+          total_steps: int,
+          infer_eval_dataset_cfg: Optional[evaluation.EvalConfig] = None,
+          validation_dataset_cfg: Optional[input_pipeline.DatasetConfig] = None,
+          eval_period: int = 1000, eval_steps: int = 20,
+          mesh_config: Optional[partitioning.MeshConfig] = None,
+          num_microbatches: int = 1, random_seed: int = 0,
+          initial_checkpoint_path: Optional[str] = None,
+          assignment_map: Optional[ckpt_lib.AssignmentMap] = None,
+          checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
+          async_checkpointing: bool = True, log_period: int = 100,
+          progress_bar: Optional[bool] = None,
+          train_batches: Optional[Iterable[Mapping[str, np.ndarray]]] = None
+          ) -> tuple[ts_lib.TrainState, trainer_lib.Trainer]:
+  """Trains `model`; returns (final state, trainer).
+
+  `train_batches` (tests / custom pipelines) replaces the seqio dataset with an
+  iterable of process-local numpy batches (the resume position still applies).
+  """
+  if total_steps is None or int(total_steps) < 0:
+    raise ValueError(f'train.total_steps (TRAIN_STEPS) must be >= 0, got {total_steps!r}')
+  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  os.makedirs(model_dir, exist_ok=True)
+  mesh_config = mesh_config or partitioning.MeshConfig()
+  mesh = partitioning.create_mesh(mesh_config)
+  rules = mesh_config.logical_axis_rules()
+  logging.info('mesh %s over %d devices / %d processes', dict(mesh.shape),
+               jax.device_count(), jax.process_count())
+
+  # Data.
+  if train_batches is None:
+    ds = input_pipeline.get_dataset(train_dataset_cfg, model, num_epochs=None)
+    input_shapes = input_pipeline.global_input_shapes(ds)
+    make_iter = lambda pos: input_pipeline.BatchIterator(ds, pos)
+  else:
+    batches = list(train_batches)
+    input_shapes = {k: (v.shape[0] * jax.process_count(),) + v.shape[1:]
+                    for k, v in batches[0].items()}
+    make_iter = lambda pos: _ListIterator(batches, pos)
+
+  trainer = trainer_lib.Trainer(model, mesh, rules, input_shapes,
+                                num_microbatches=num_microbatches, seed=random_seed)
+  ckpt = ckpt_lib.RunCheckpointer(model_dir, save_period=checkpoint_period,
+                                  keep=keep_checkpoints, async_save=async_checkpointing)
+
+  # State: resume > initial checkpoint > fresh.
+  latest = ckpt.latest_step()
+  if latest is not None:
+    target = ts_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    state, data_state = ckpt.restore(latest, target)
+    position = int(data_state.get('position', latest))
+    logging.info('resumed from step %d (data position %d)', latest, position)
+  else:
+    state = trainer.init_state()
+    position = 0
+    if initial_checkpoint_path:
+      params = ckpt_lib.load_initial_params(initial_checkpoint_path, state.params,
+                                            trainer.state_shardings.params, assignment_map)
+      state = state.replace(params=params)
+      logging.info('initialised parameters from %s', initial_checkpoint_path)
+  start = int(jax.device_get(state.step))
+  data_iter = make_iter(position)
+
+  logger = metrics_logging.MetricsLogger(model_dir, total_steps, start, progress_bar)
+  evaluator = predictor = None
+
+  def run_eval(step: int) -> dict[str, float]:
+    nonlocal evaluator, predictor
+    scalars: dict[str, float] = {}
+    if infer_eval_dataset_cfg is not None:
+      if evaluator is None:
+        evaluator = evaluation.make_evaluator(infer_eval_dataset_cfg)
+        predictor = evaluation.Predictor(model, mesh, rules, trainer.state_shardings.params,
+                                         infer_eval_dataset_cfg.batch_size)
+      res = evaluation.run_inference_eval(evaluator, predictor, state.params, step,
+                                          infer_eval_dataset_cfg.compute_scores)
+      scalars.update(metrics_logging.flatten_eval_metrics(res, 'eval'))
+    if validation_dataset_cfg is not None and eval_steps:
+      vds = input_pipeline.get_dataset(validation_dataset_cfg, model, num_epochs=1)
+      val = evaluation.validation_loss(trainer, state.params,
+                                       vds.take(eval_steps).as_numpy_iterator())
+      scalars.update({f'validation/{k}': v for k, v in val.items()})
+    return scalars
+
+  window: list[Mapping[str, Any]] = []
+  try:
+    for step in range(start, total_steps):
+      batch = next(data_iter)
+      logger.count_tokens(count_tokens(batch) * jax.process_count())
+      state, metrics = trainer.train_step(state, trainer.shard_batch(batch))
+      window.append(metrics)
+      new_step = step + 1
+      is_last = new_step == total_steps
+      logger.step_done(new_step)
+      if new_step % max(log_period, 1) == 0 or is_last:
+        scalars = _windowed(window)
+        scalars['tokens_per_sec'] = logger.throughput()
+        window = []
+        if eval_period and (new_step % eval_period == 0 or is_last):
+          scalars.update(run_eval(new_step))
+        logger.write(new_step, scalars)
+        logger.step_done(new_step, {k: scalars[k] for k in ('loss', 'accuracy')
+                                    if k in scalars})
+      elif eval_period and new_step % eval_period == 0:
+        logger.write(new_step, run_eval(new_step))
+      if checkpoint_period and (new_step % checkpoint_period == 0 or is_last):
+        ckpt.save(new_step, state, data_iter.get_state(), force=True)
+  finally:
+    ckpt.close()
+    logger.close()
+  return state, trainer
+
+
+class _ListIterator:
+  """Cycles through a list of batches; `position` = batches consumed."""
+
+  def __init__(self, batches: list, position: int = 0):
+    self._batches, self.position = batches, int(position)
+
+  def __next__(self):
+    b = self._batches[self.position % len(self._batches)]
+    self.position += 1
+    return b
+
+  def get_state(self) -> dict[str, int]:
+    return {'position': self.position}

@@ -1,0 +1,112 @@
+"""`Trainer`: the jitted, mesh-sharded train and evaluation steps."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from distill_sbs.training import partitioning
+from distill_sbs.training import train_state as ts_lib
+
+Batch = Mapping[str, jax.Array]
+# Metrics that are summed over microbatches (and steps) rather than averaged.
+SUMMED_METRICS = ('correct_tokens', 'real_tokens', 'weight_sum')
+
+
+class Trainer:
+  """Builds and runs the sharded train / eval steps for one model and mesh.
+
+  Args:
+    model: `training.model.EncoderDecoderModel`.
+    mesh: ('data', 'model') mesh.
+    rules: logical axis rules.
+    input_shapes: feature name -> global shape (for initialisation).
+    num_microbatches: gradient accumulation: the batch is split into this many
+      microbatches and their gradients averaged (one optimizer update).
+    seed: RANDOM_SEED (parameter init and dropout).
+  """
+
+  def __init__(self, model, mesh: Mesh, rules: partitioning.LogicalAxisRules,
+               input_shapes: Mapping[str, tuple], *, num_microbatches: int = 1,
+               seed: int = 0):
+    self.model = model
+    self.mesh = mesh
+    self.rules = list(rules)
+    self.input_shapes = dict(input_shapes)
+    self.num_microbatches = int(num_microbatches or 1)
+    batch = next(iter(self.input_shapes.values()))[0]
+    if batch % self.num_microbatches:
+      raise ValueError(f'batch size {batch} is not divisible by num_microbatches='
+                       f'{self.num_microbatches}')
+    self.seed = int(seed)
+    self.abstract_state, self.state_shardings = ts_lib.state_shardings(
+        model, self.input_shapes, mesh, self.rules)
+    self.batch_sharding = partitioning.data_sharding(mesh)
+    self._train_step = jax.jit(self._train_step_fn,
+                               in_shardings=(self.state_shardings, self.batch_sharding),
+                               out_shardings=(self.state_shardings, None),
+                               donate_argnums=(0,))
+    self._eval_step = jax.jit(self._eval_step_fn,
+                              in_shardings=(self.state_shardings.params, self.batch_sharding))
+
+  # --------------------------------------------------------------------------
+  def init_state(self) -> ts_lib.TrainState:
+    return ts_lib.init_state(self.model, self.input_shapes, self.mesh, self.rules,
+                             self.seed, self.state_shardings)
+
+  def shard_batch(self, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Process-local numpy rows → global arrays sharded on 'data'."""
+    return partitioning.make_global_batch(local_batch, self.mesh)
+
+  def train_step(self, state: ts_lib.TrainState, batch: Batch
+                 ) -> tuple[ts_lib.TrainState, dict[str, jax.Array]]:
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return self._train_step(state, batch)
+
+  def eval_step(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      return self._eval_step(params, batch)
+
+  # --------------------------------------------------------------------------
+  def _train_step_fn(self, state: ts_lib.TrainState, batch: Batch):
+    dropout_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), state.step)
+    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+    m = self.num_microbatches
+    if m == 1:
+      (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch)
+
+      def body(carry, xs):
+        i, mb = xs
+        (_, mets), g = grad_fn(state.params, mb, jax.random.fold_in(dropout_rng, i))
+        acc_g, acc_m = carry
+        return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_m, mets)), None
+      zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+      mb0 = jax.tree.map(lambda x: x[0], micro)
+      zeros_m = jax.tree.map(
+          jnp.zeros_like, jax.eval_shape(lambda: grad_fn(state.params, mb0, dropout_rng)[0][1]))
+      (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (jnp.arange(m), micro))
+      grads = jax.tree.map(lambda g: g / m, grads)
+      metrics = {k: (v if k in SUMMED_METRICS else v / m) for k, v in metrics.items()}
+    updates, opt_state = self.model.optimizer_def.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(lambda p, u: p + u.astype(p.dtype), state.params, updates)
+    metrics = dict(metrics)
+    metrics['learning_rate'] = jnp.asarray(
+        self.model.optimizer_def.learning_rate(state.step), jnp.float32)
+    metrics['grad_norm'] = _global_norm(grads)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def _eval_step_fn(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
+    _, metrics = self.model.loss_fn(params, batch, None)
+    return metrics
+
+
+def _global_norm(tree: Any) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                      for x in jax.tree.leaves(tree)))

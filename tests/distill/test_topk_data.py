@@ -1,0 +1,79 @@
+"""FIRST top-k records → SeqIO task → converter features; vocabulary check."""
+import numpy as np
+import pytest
+import seqio
+
+from distill_sbs.data import schema, topk
+from distill_sbs.data import vocab as vocab_lib
+from distill_sbs.tasks import first
+
+VOCAB = seqio.ByteVocabulary(extra_ids=100)
+K = 3
+
+
+def _records(rng, n, vocab_hash, *, lengths=(4, 9, 6)):
+  recs = []
+  for i in range(n):
+    L = lengths[i % len(lengths)]
+    ids = np.stack([rng.choice(np.arange(3, 300), K, replace=False) for _ in range(L)])
+    lps = np.sort(np.log(rng.dirichlet(np.ones(K + 2), size=L))[:, :K], axis=1)[:, ::-1]
+    tgt = np.concatenate([rng.integers(3, 300, L - 1), [1]])
+    rec = {'id': f'r{i}', 'inputs': f'question {i}', 'label': f'gold{i}',
+           'llm_output': 'x', 'teacher_target_ids': tgt, 'teacher_topk_field': 'llm_output',
+           'teacher_vocab_hash': vocab_hash}
+    rec.update(schema.encode_topk(ids, lps, VOCAB.vocab_size))
+    recs.append(rec)
+  return recs
+
+
+def test_task_and_converter_align_topk_with_targets(tmp_path):
+  rng = np.random.default_rng(0)
+  recs = _records(rng, 6, vocab_lib.vocab_hash(VOCAB))
+  recs.append({'id': 'no_topk', 'inputs': 'q', 'label': 'g'})  # skipped
+  schema.write_shards(str(tmp_path), 'train', recs, num_shards=2)
+  first.register_first_tasks('first_test_align', str(tmp_path), ds='cqa', vocabulary=VOCAB)
+  ds = seqio.get_dataset('first_test_align', task_feature_lengths={'inputs': 16, 'targets': 7},
+                         dataset_split='train', shuffle=False,
+                         feature_converter=topk.TopKFeatureConverter())
+  rows = list(ds.as_numpy_iterator())
+  assert len(rows) == 6
+  assert rows[0]['decoder_topk_ids'].shape == (7, K)
+  assert rows[0]['decoder_topk_logprobs'].dtype == np.float32
+  by_input = {VOCAB.decode(r['encoder_input_tokens'].tolist()): r for r in rows}
+  for rec in recs[:6]:
+    row = by_input[rec['inputs']]
+    ids, lps = schema.decode_topk(rec)
+    n = min(len(rec['teacher_target_ids']), 7)  # trimmed to the targets length
+    np.testing.assert_array_equal(row['decoder_target_tokens'][:n], rec['teacher_target_ids'][:n])
+    np.testing.assert_array_equal(row['decoder_topk_ids'][:n], ids[:n])
+    np.testing.assert_array_equal(row['decoder_topk_logprobs'][:n], lps[:n])
+    assert np.all(row['decoder_topk_ids'][n:] == 0) and np.all(row['decoder_topk_logprobs'][n:] == 0)
+    np.testing.assert_array_equal(row['decoder_loss_weights'], np.arange(7) < n)
+    np.testing.assert_array_equal(row['decoder_input_tokens'][1:n], row['decoder_target_tokens'][:n - 1])
+    assert row['encoder_input_tokens'][len(rec['inputs'])] == VOCAB.eos_id
+  with pytest.raises(ValueError, match='packing'):
+    topk.TopKFeatureConverter(pack=True)
+
+
+def test_mismatched_vocabulary_is_refused_naming_both(tmp_path):
+  rng = np.random.default_rng(1)
+  other = vocab_lib.vocab_hash(seqio.ByteVocabulary(extra_ids=0))
+  schema.write_shards(str(tmp_path), 'train', _records(rng, 2, other))
+  first.register_first_tasks('first_test_mismatch', str(tmp_path), vocabulary=VOCAB)
+  with pytest.raises(topk.VocabularyMismatchError) as e:
+    seqio.get_mixture_or_task('first_test_mismatch').get_dataset(
+        {'inputs': 8, 'targets': 8}, split='train', shuffle=False)
+  msg = str(e.value)
+  assert other in msg and vocab_lib.vocab_hash(VOCAB) in msg
+  with pytest.raises(topk.VocabularyMismatchError, match='no teacher_vocab_hash'):
+    topk.check_vocab('', VOCAB, where='x')
+  topk.check_vocab('', VOCAB, where='x', require_hash=False)
+
+
+def test_compact_storage_bytes_per_token():
+  rng = np.random.default_rng(2)
+  recs = _records(rng, 3, 'h')
+  # uint16 ids (2 B) + float16 log-probs (2 B) per entry: 4·k bytes per token.
+  assert topk.bytes_per_target_token(recs)['topk_bytes_per_token'] == 4 * K
+  big = schema.encode_topk(np.array([[70000, 1]]), np.zeros((1, 2)), 80000)
+  assert big['teacher_topk_id_dtype'] == 'uint32' and len(big['teacher_topk_ids']) == 8

@@ -1,0 +1,149 @@
+"""Sweep bookkeeping against a stand-in trainer: skip on rerun, identical aggregate."""
+import csv
+import json
+import pathlib
+import sys
+
+import gin
+import pytest
+
+from distill_sbs.experiments import aggregate
+from distill_sbs.experiments import runs as runs_lib
+from distill_sbs.experiments import sweep
+
+FAKE = str(pathlib.Path(__file__).with_name('fake_train.py'))
+
+
+def _config(tmp_path, **kw):
+  base = dict(name='t', dataset='cqa', sizes=('tiny',),
+              methods=('standard_finetune', 'sbs_llm'), fractions=(0.5, 1.0),
+              seeds=(0, 1), train_steps=3, output_dir=str(tmp_path / 'out'),
+              train_command=(sys.executable, FAKE), eval_command=(sys.executable, FAKE))
+  base.update(kw)
+  return sweep.SweepConfig(**base)
+
+
+def _quiet(_):
+  pass
+
+
+def test_plan_commands(tmp_path):
+  runs = sweep.plan(_config(tmp_path))
+  assert len(runs) == 2 * 2 * 2
+  r = runs[0]
+  assert r.spec == runs_lib.RunSpec('cqa', 'tiny', 'standard_finetune', 0.5, 0)
+  assert r.model_dir == (tmp_path / 'out/runs/cqa_tiny/standard_finetune/frac50/seed0').resolve()
+  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_label_gold_50pct"' in r.train_argv
+  assert '--gin.TRAIN_STEPS=3' in r.train_argv and '--gin.RANDOM_SEED=0' in r.train_argv
+  assert any(a.startswith('--gin_file=') and a.endswith('gin/sbs/cqa_tiny.gin')
+             for a in r.train_argv)
+  full = [x for x in runs if x.spec.fraction == 1.0 and x.spec.method == 'sbs_llm']
+  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_llm"' in full[0].train_argv
+  # Signatures hash the configuration (method, fraction task, steps); the seed
+  # and run dir are in the spec.
+  assert len({x.signature for x in runs}) == 4  # methods x fractions
+  assert runs[0].signature == runs[1].signature
+
+
+def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypatch):
+  calls = tmp_path / 'calls.txt'
+  monkeypatch.setenv('FAKE_TRAIN_CALLS', str(calls))
+  config = _config(tmp_path)
+  status = sweep.execute(config, runner=lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet),
+                         log=_quiet)
+  assert len(status['ran']) == 8 and not status['skipped']
+  assert len(calls.read_text().splitlines()) == 8  # trainings (evals are not logged)
+  paths = sweep.write_outputs(config)
+  first = {k: p.read_bytes() for k, p in paths.items()}
+  for name in ('results.csv', 'summary.csv', 'accuracy_vs_fraction.png',
+               'training_curves.png', 'report.md'):
+    assert (config.out_dir / name).stat().st_size > 0
+
+  with open(paths['results']) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 8  # one row per run
+  r0 = [r for r in rows if r['method'] == 'sbs_llm' and r['fraction'] == '1.0'
+        and r['seed'] == '1'][0]
+  assert float(r0['eval/accuracy']) == pytest.approx(0.65)
+  assert float(r0['loss']) == pytest.approx(1 / 3) and r0['final_step'] == '3'
+  assert float(r0['learning_rate']) == 0.01
+  assert float(r0['test_accuracy']) == 41.0 and float(r0['test_ece']) == 0.1
+  assert float(r0['test_task_is_sbs_cqa_predict_gold']) == 1.0
+  assert set(rows[0]) == {'dataset', 'size', 'method', 'fraction', 'seed', 'final_step',
+                          'loss', 'learning_rate', 'eval/accuracy', 'test_accuracy', 'test_ece',
+                          'test_task_is_sbs_cqa_label_gold', 'test_task_is_sbs_cqa_predict_gold'}
+
+  summary = aggregate.read_csv(paths['summary'])
+  s = [r for r in summary if r['method'] == 'sbs_llm' and r['fraction'] == 1.0][0]
+  assert s['n_seeds'] == 2
+  assert s['eval/accuracy_mean'] == pytest.approx(0.6)  # (0.55 + 0.65) / 2
+  assert s['eval/accuracy_std'] == pytest.approx(0.1 / 2 ** 0.5)  # sample std
+  assert s['test_accuracy_mean'] == 40.5
+  assert '| tiny | sbs_llm | 100% | 2 | 40.5000 ± 0.7071 | 0.1000 ± 0.0000 |' in \
+      paths['report'].read_text()
+
+  # Rerun: nothing trains again, outputs are byte-identical.
+  status = sweep.execute(config, runner=lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet),
+                         log=_quiet)
+  assert not status['ran'] and len(status['skipped']) == 8
+  assert len(calls.read_text().splitlines()) == 8
+  paths2 = sweep.write_outputs(config)
+  for k in ('results', 'summary', 'report'):
+    assert paths2[k].read_bytes() == first[k], k
+
+
+def test_partial_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
+  calls = tmp_path / 'calls.txt'
+  monkeypatch.setenv('FAKE_TRAIN_CALLS', str(calls))
+  monkeypatch.setenv('FAKE_TRAIN_FAIL', 'sbs_cqa_llm')
+  config = _config(tmp_path, keep_going=True)
+  runner = lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet)
+  status = sweep.execute(config, runner=runner, log=_quiet)
+  assert len(status['failed']) == 4 and len(status['ran']) == 4
+  assert 'boom' in (config.out_dir / 'runs/cqa_tiny/sbs_llm/frac100/seed0/train.log').read_text()
+  with pytest.raises(RuntimeError, match='exit 3'):
+    sweep.execute(_config(tmp_path), runner=runner, log=_quiet)
+  monkeypatch.delenv('FAKE_TRAIN_FAIL')
+  calls.write_text('')
+  status = sweep.execute(config, runner=runner, log=_quiet)
+  assert len(status['ran']) == 4 and len(status['skipped']) == 4
+  assert sorted(calls.read_text().split('\n')[:-1]) == [
+      'sbs_cqa_llm 0', 'sbs_cqa_llm 1', 'sbs_cqa_llm_50pct 0', 'sbs_cqa_llm_50pct 1']
+
+
+def test_changed_config_refuses_to_mix(tmp_path):
+  config = _config(tmp_path, methods=('standard_finetune',), fractions=(1.0,), seeds=(0,))
+  sweep.execute(config, runner=lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet), log=_quiet)
+  changed = _config(tmp_path, methods=('standard_finetune',), fractions=(1.0,), seeds=(0,),
+                    train_steps=5)
+  with pytest.raises(ValueError, match='another configuration'):
+    sweep.execute(changed, runner=lambda a, p: None, log=_quiet)
+
+
+def test_gin_config_and_cli_parsing(tmp_path):
+  gin_file = tmp_path / 'x.gin'
+  gin_file.write_text(
+      "SweepConfig.name = 'x'\nSweepConfig.dataset = 'svamp'\n"
+      "SweepConfig.fractions = [0.125, 1.0]\nSweepConfig.seeds = [0, 1, 2]\n"
+      "SweepConfig.method_overrides = {'sbs_llm': {'bindings': ['BATCH_SIZE=4']}}\n")
+  args, bindings = sweep.parse_args([f'--gin_file={gin_file}', '--gin.SweepConfig.train_steps=7'])
+  with gin.unlock_config():
+    gin.clear_config()
+    config = sweep.load_config(args.gin_file, bindings)
+  gin.clear_config()
+  assert config.fractions == (0.125, 1.0) and config.seeds == (0, 1, 2)
+  assert config.train_steps == 7 and config.dataset == 'svamp'
+  runs = sweep.plan(config)
+  assert len(runs) == 2 * 2 * 3
+  sbs = [r for r in runs if r.spec.method == 'sbs_llm'][0]
+  assert '--gin.BATCH_SIZE=4' in sbs.train_argv
+  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_svamp_llm_12p5pct"' in sbs.train_argv
+
+
+def test_bad_configs_raise_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match=r'\(0, 1\]'):
+    _config(tmp_path, fractions=(0.0,))
+  with pytest.raises(ValueError, match='unknown method'):
+    _config(tmp_path, methods=('nope',))
+  with pytest.raises(ValueError, match='KEY=VALUE'):
+    _config(tmp_path, bindings=('BATCH_SIZE',))

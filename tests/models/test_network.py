@@ -1,0 +1,176 @@
+"""T5Config validation, parameter tree / logical axes, packing, remat, sharding."""
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import traverse_util
+from jax.sharding import Mesh, NamedSharding
+
+from distill_sbs import models
+from distill_sbs.training import partitioning
+
+TINY = models.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
+                       num_encoder_layers=2, num_decoder_layers=2, mlp_dim=24,
+                       relative_attention_num_buckets=8, relative_attention_max_distance=16)
+
+
+def init(config, batch=2, enc_len=9, dec_len=7, seed=0):
+  x = jnp.ones((batch, enc_len), jnp.int32)
+  y = jnp.ones((batch, dec_len), jnp.int32)
+  return models.Transformer(config).init(jax.random.PRNGKey(seed), x, y, y,
+                                         enable_dropout=False)
+
+
+def logits(config, params, x, y_in, y, **kw):
+  return models.Transformer(config).apply({'params': params}, x, y_in, y,
+                                          enable_dropout=False, **kw)
+
+
+def test_config_validation_names_the_field():
+  with pytest.raises(ValueError, match="'swiglu'"):
+    models.T5Config(mlp_activations=('swiglu', 'linear'))
+  with pytest.raises(ValueError, match='dtype'):
+    models.T5Config(dtype='float8')
+  with pytest.raises(ValueError, match='remat_policy'):
+    models.T5Config(remat_policy='sometimes')
+  cfg = models.T5Config(dtype=jnp.bfloat16, mlp_activations=['relu'])
+  assert cfg.dtype == 'bfloat16' and cfg.activation_dtype == jnp.bfloat16
+  assert cfg.mlp_activations == ('relu',)
+  assert hash(cfg) == hash(models.T5Config(dtype='bfloat16', mlp_activations=('relu',)))
+
+
+def test_gin_binds_t5config():
+  gin.clear_config()
+  try:
+    gin.parse_config("""
+        from __gin__ import dynamic_registration
+        from distill_sbs import models
+        models.Transformer.config = @models.T5Config()
+        models.T5Config:
+          vocab_size = 384
+          emb_dim = 64
+          num_heads = 4
+          dtype = 'float32'
+          mlp_activations = ('gelu', 'linear')
+        MODULE = @models.Transformer()
+    """)
+    module = gin.query_parameter('%MODULE').scoped_configurable_fn()
+    assert isinstance(module, models.Transformer)
+    assert module.config.vocab_size == 384 and module.config.emb_dim == 64
+    assert module.config.num_heads == 4
+  finally:
+    gin.clear_config()
+
+
+def test_parameter_tree_and_axes_match_t5x():
+  variables = init(TINY.replace(mlp_activations=('relu',), logits_via_embedding=True))
+  flat = traverse_util.flatten_dict(variables['params'], sep='/')
+  assert flat['token_embedder/embedding'].names == ('vocab', 'embed')
+  assert flat['encoder/layers_1/attention/out/kernel'].names == ('joined_kv', 'embed')
+  assert flat['encoder/layers_0/mlp/wi/kernel'].names == ('embed', 'mlp')
+  assert flat['decoder/relpos_bias/rel_embedding'].names == ('heads', 'relpos_buckets')
+  assert flat['decoder/layers_1/encoder_decoder_attention/query/kernel'].value.shape == (16, 16)
+  assert 'decoder/logits_dense/kernel' not in flat
+  untied = traverse_util.flatten_dict(init(TINY)['params'], sep='/')
+  assert untied['decoder/logits_dense/kernel'].names == ('embed', 'vocab')
+  assert 'encoder/layers_0/mlp/wi_1/kernel' in untied
+  assert len(untied) == 1 + (1 + 2 * 9 + 1) + (1 + 2 * 14 + 1 + 1)  # 52 tensors
+  assert all(v.value.dtype == jnp.float32 for v in untied.values())
+
+
+@pytest.mark.parametrize('dims', [(1, 1), (2, 2)])
+def test_every_parameter_has_a_partition_spec(dims):
+  rules = partitioning.standard_logical_axis_rules(*dims)
+  known = {name for name, _ in rules}
+  variables = init(TINY)
+  specs = nn.get_partition_spec(variables)['params']
+  leaves = jax.tree_util.tree_leaves_with_path(
+      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert len(leaves) == 52
+  for path, spec in leaves:
+    assert len(spec) >= 1 and all(a in known for a in spec), (path, spec)
+    mesh_axes = nn.logical_to_mesh_axes(spec, rules)
+    assert all(a in (None, 'data', 'model') for a in mesh_axes), (path, mesh_axes)
+  flat = {jax.tree_util.keystr(p): nn.logical_to_mesh_axes(s, rules) for p, s in leaves}
+  key = "['encoder']['layers_0']['mlp']['wi_0']['kernel']"
+  assert tuple(flat[key]) == ((None, 'model') if dims == (1, 1) else ('data', 'model'))
+
+
+def test_sharded_params_give_same_logits_and_generation():
+  devices = np.array(jax.devices()[:8]).reshape(2, 4)
+  mesh = Mesh(devices, ('data', 'model'))
+  rules = partitioning.standard_logical_axis_rules()
+  cfg = TINY.replace(num_heads=4, mlp_dim=32)
+  variables = init(cfg)
+  specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, rules)
+  params = nn.meta.unbox(variables)['params']
+  sharded = jax.device_put(params, specs['params'])
+  assert sharded['decoder']['layers_0']['mlp']['wi_0']['kernel'].sharding.spec[1] == 'model'
+  rng = np.random.default_rng(0)
+  x = rng.integers(2, 64, (4, 9)).astype(np.int32)
+  y = rng.integers(2, 64, (4, 7)).astype(np.int32)
+  y_in = np.pad(y, ((0, 0), (1, 0)))[:, :-1]
+  ref = logits(cfg, params, x, y_in, y)
+
+  @jax.jit
+  def fwd(p, x, y_in, y):
+    with nn.logical_axis_rules(rules):
+      return logits(cfg, p, x, y_in, y)
+
+  with jax.set_mesh(mesh):
+    out = fwd(sharded, x, y_in, y)
+  np.testing.assert_allclose(out, ref, atol=1e-5)
+  t1, l1 = models.generate(cfg, params, x, max_decode_length=6)
+  t2, l2 = models.generate(cfg, sharded, x, max_decode_length=6)
+  np.testing.assert_array_equal(t1, t2)
+  np.testing.assert_allclose(l1, l2, atol=1e-5)
+
+
+def test_packed_sequences_equal_separate_examples():
+  params = nn.meta.unbox(init(TINY))['params']
+  a_x, a_y = np.array([[5, 6, 7, 1]]), np.array([[8, 9, 1]])
+  b_x, b_y = np.array([[10, 11, 1]]), np.array([[12, 13, 14, 1]])
+  shift = lambda t: np.pad(t, ((0, 0), (1, 0)))[:, :-1]
+  sep_a = logits(TINY, params, a_x, shift(a_y), a_y)
+  sep_b = logits(TINY, params, b_x, shift(b_y), b_y)
+  x = np.concatenate([a_x, b_x, [[0]]], 1)  # [1, 8]
+  y = np.concatenate([a_y, b_y, [[0]]], 1)  # [1, 8]
+  y_in = np.concatenate([shift(a_y), shift(b_y), [[0]]], 1)
+  seg_x = np.array([[1] * 4 + [2] * 3 + [0]])
+  seg_y = np.array([[1] * 3 + [2] * 4 + [0]])
+  pos_x = np.array([[0, 1, 2, 3, 0, 1, 2, 0]])
+  pos_y = np.array([[0, 1, 2, 0, 1, 2, 3, 0]])
+  packed = logits(TINY, params, x, y_in, y, encoder_segment_ids=seg_x,
+                  decoder_segment_ids=seg_y, encoder_positions=pos_x,
+                  decoder_positions=pos_y)
+  np.testing.assert_allclose(packed[0, :3], sep_a[0], atol=1e-5)
+  np.testing.assert_allclose(packed[0, 3:7], sep_b[0], atol=1e-5)
+
+
+def test_remat_bf16_and_dropout():
+  variables = init(TINY)
+  params = nn.meta.unbox(variables)['params']
+  rng = np.random.default_rng(1)
+  x = rng.integers(1, 64, (2, 9)).astype(np.int32)
+  y = rng.integers(1, 64, (2, 7)).astype(np.int32)
+  y_in = np.pad(y, ((0, 0), (1, 0)))[:, :-1]
+
+  def loss(p, cfg):
+    return jnp.mean(logits(cfg, p, x, y_in, y) ** 2)
+
+  g0 = jax.grad(loss)(params, TINY)
+  for policy in ('full', 'minimal'):
+    g1 = jax.grad(loss)(params, TINY.replace(remat_policy=policy))
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+  bf16 = logits(TINY.replace(dtype='bfloat16'), params, x, y_in, y)
+  assert bf16.dtype == jnp.float32  # logits stay float32
+  np.testing.assert_allclose(bf16, logits(TINY, params, x, y_in, y), atol=0.1)
+  cfg = TINY.replace(dropout_rate=0.5)
+  m = models.Transformer(cfg)
+  d1 = m.apply({'params': params}, x, y_in, y, enable_dropout=True,
+               rngs={'dropout': jax.random.PRNGKey(1)})
+  d2 = m.apply({'params': params}, x, y_in, y, enable_dropout=False)
+  assert not np.allclose(d1, d2)
+  np.testing.assert_allclose(d2, logits(TINY, params, x, y_in, y), atol=1e-6)
