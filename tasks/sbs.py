@@ -23,7 +23,9 @@ records (in file order), so smaller fractions are nested in larger ones;
 validation and test stay whole.
 
 Teacher-dependent targets skip records whose teacher parse failed (empty
-`llm_label` / `rationale`). Records are read at `get_dataset` time from
+`llm_label` / `rationale`), except that `cot` keeps every validation/test
+example (target 'So the answer is {gold}' when the rationale is empty) so its
+accuracy covers the whole split. Records are read at `get_dataset` time from
 `paths.data_dir()/{ds}` (or `records_dir`), so `$DISTILL_SBS_DATA_DIR` may be set
 after import. Vocabulary: `vocab.DEFAULT_VOCABULARY` (lazy; see data/vocab.py).
 """
@@ -125,9 +127,11 @@ def _features_for(kind: str, split: str, r: dict[str, tf.Tensor]
     return {'inputs': EXPLAIN_PREFIX + x, 'targets': r['rationale']}, nonempty(
         r['rationale'])
   elif kind == 'cot':
+    # Eval splits keep every example (gold label; the rationale may be empty).
     lab = teacher
-    return ({'inputs': x, 'targets': r['rationale'] + COT_SEPARATOR + lab},
-            nonempty(r['rationale']) & nonempty(lab))
+    target = tf.strings.strip(r['rationale'] + COT_SEPARATOR + lab)
+    keep = nonempty(lab) & (nonempty(r['rationale']) | tf.constant(not train))
+    return {'inputs': x, 'targets': target}, keep
   elif kind in ('paired_gold', 'paired_llm'):
     lab = gold if kind == 'paired_gold' else teacher
     return ({'inputs': PREDICT_PREFIX + x, 'targets': lab,

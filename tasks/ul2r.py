@@ -234,8 +234,10 @@ def register_mode_token_variant(name: str, mode: str) -> str:
   new = f'{name}_{suffix}'
   if name in seqio.MixtureRegistry.names():
     mix = seqio.get_mixture_or_task(name)
-    parts = [(register_mode_token_variant(t.name, mode), mix.get_rate(t))
-             for t in mix.tasks]
+    # Keep callable rates (e.g. sbs's gin α) callable: seqio's rate table.
+    rates = getattr(mix, '_task_to_rate', {})
+    parts = [(register_mode_token_variant(t.name, mode),
+              rates.get(t.name, mix.get_rate(t))) for t in mix.tasks]
     seqio.MixtureRegistry.remove(new)
     seqio.MixtureRegistry.add(new, parts)
     return new
@@ -254,13 +256,15 @@ def register_mode_token_variant(name: str, mode: str) -> str:
 
 
 def register_mode_token_variants(prefix: str = 'sbs_',
-                                 modes: Sequence[str] = (ul2.NLU, ul2.S2S)
-                                 ) -> list[str]:
-  """Mode-token variants of every registered task/mixture named `prefix*`."""
+                                 modes: Sequence[str] = (ul2.NLU, ul2.S2S),
+                                 include_fractions: bool = False) -> list[str]:
+  """Mode-token variants of every registered task/mixture named `prefix*`
+  (without the `_{frac}pct` data-fraction variants unless asked)."""
   names = sorted(n for n in set(seqio.TaskRegistry.names()) |
                  set(seqio.MixtureRegistry.names())
-                 if n.startswith(prefix) and not n.endswith(
-                     tuple('_' + s for s in MODE_SUFFIXES)))
+                 if n.startswith(prefix)
+                 and not n.endswith(tuple('_' + s for s in MODE_SUFFIXES))
+                 and (include_fractions or not n.endswith('pct')))
   out = []
   for n in names:
     for m in modes:
@@ -270,3 +274,5 @@ def register_mode_token_variants(prefix: str = 'sbs_',
 
 register_corpus_tasks()
 register_from_env()
+if any(n.startswith('sbs_') for n in seqio.MixtureRegistry.names()):
+  register_mode_token_variants()

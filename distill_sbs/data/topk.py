@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
+import gin
 import seqio
 import tensorflow as tf
 
 from distill_sbs.data import schema
+from distill_sbs.distill import temperature as temperature_lib
 
 TOPK_TASK_FEATURES = ('teacher_topk_ids', 'teacher_topk_logprobs')
 TOPK_MODEL_FEATURES = ('decoder_topk_ids', 'decoder_topk_logprobs')
@@ -239,6 +240,10 @@ class TopKFeatureConverter(seqio.EncDecFeatureConverter):
 
   def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                ) -> tf.data.Dataset:
+    if not all(f in ds.element_spec for f in TOPK_TASK_FEATURES):
+      # A plain task (e.g. gold-label evaluation): the standard conversion.
+      plain = {k: v for k, v in task_feature_lengths.items() if k not in TOPK_TASK_FEATURES}
+      return seqio.EncDecFeatureConverter(pack=False, bos_id=self.bos_id)(ds, plain)
     lengths = dict(task_feature_lengths)
     if 'targets' not in lengths:
       raise ValueError(f'task_feature_lengths {sorted(lengths)} needs "targets"')
@@ -269,3 +274,23 @@ def bytes_per_target_token(records: Sequence[Mapping[str, Any]]) -> dict[str, fl
   topk = sum(len(r['teacher_topk_ids']) + len(r['teacher_topk_logprobs'])
              for r in records if r.get('teacher_topk_k'))
   return {'topk_bytes_per_token': topk / n_tok, 'target_tokens': float(n_tok)}
+
+
+@gin.configurable
+def teacher_temperature(task: Optional[str] = None, records_dir: Optional[str] = None,
+                        default: Optional[float] = None, split: str = 'train') -> float:
+  """The calibrated teacher T (`manifest.json` key `teacher_temperature`) of the
+  records behind FIRST task `task` (or of `records_dir`), for gin:
+  `TopKDistillLoss.teacher_temperature = @topk.teacher_temperature()`."""
+  del split
+  if records_dir is None:
+    if task is None:
+      raise ValueError('teacher_temperature needs task or records_dir')
+    if task not in seqio.TaskRegistry.names():
+      import importlib  # pylint: disable=g-import-not-at-top
+      importlib.import_module('distill_sbs.tasks')  # registers the FIRST tasks
+    source = seqio.get_mixture_or_task(task).source
+    if not isinstance(source, TopKRecordsSource):
+      raise ValueError(f'task {task!r} is not a FIRST top-k task')
+    records_dir = source.records_dir
+  return temperature_lib.read_teacher_temperature(records_dir, default=default)

@@ -145,6 +145,7 @@ def split_tokens(dataset: tf.data.Dataset, key: str,
   if chunk_length < 1:
     raise ValueError(f'chunk_length must be >= 1, got {chunk_length}')
 
+  @tf.autograph.experimental.do_not_convert
   def to_chunks(ex):
     t = ex[key]
     n = tf.size(t, out_type=tf.int64)
@@ -152,6 +153,7 @@ def split_tokens(dataset: tf.data.Dataset, key: str,
                                  dtype=tf.int64) * chunk_length, n)
     return {key: tf.RaggedTensor.from_row_limits(t, limits)}  # [chunks, (len)]
 
+  @tf.autograph.experimental.do_not_convert
   def non_empty(ex):
     return tf.size(ex[key]) > 0
 
@@ -232,6 +234,7 @@ def mixture_of_denoisers(dataset: tf.data.Dataset,
   if seed is not None:
     base = dn.as_seed(seed)
 
+    @tf.autograph.experimental.do_not_convert
     def with_index(i, ex):
       s = tf.random.experimental.stateless_fold_in(base, i)
       return finish(_denoise_one(ex[feature_key], s, denoisers, p, vocab_size,
@@ -240,6 +243,7 @@ def mixture_of_denoisers(dataset: tf.data.Dataset,
                                    num_parallel_calls=tf.data.AUTOTUNE)
 
   @seqio.map_over_dataset(num_seeds=1)
+  @tf.autograph.experimental.do_not_convert
   def with_seqio_seed(ex, seed):
     return finish(_denoise_one(ex[feature_key], seed, denoisers, p, vocab_size,
                                extra_ids))
@@ -265,20 +269,29 @@ def ul2r_objective(dataset: tf.data.Dataset,
 def prepend_mode_token(dataset: tf.data.Dataset,
                        output_features: Mapping[str, seqio.Feature],
                        mode: Optional[str] = None,
-                       feature_key: str = 'inputs') -> tf.data.Dataset:
+                       feature_keys: Sequence[str] = ('inputs', 'rationale_inputs')
+                       ) -> tf.data.Dataset:
   """Fine-tuning mode switch: prepends the mode token to tokenized inputs.
 
   `mode` is '[NLU]', '[NLG]', '[S2S]' (or any string; None is a no-op so the
-  preprocessor can sit in a task and be switched on from gin). Use after
-  tokenization and before `append_eos_after_trim`.
+  preprocessor can sit in a task and be switched on from gin). Applies to each
+  of `feature_keys` the examples have. Use after tokenization and before
+  `append_eos_after_trim`.
   """
   if not mode:
     return dataset
-  ids = [int(i) for i in output_features[feature_key].vocabulary.encode(mode)]
+  keys = [k for k in feature_keys if k in dataset.element_spec]
+  if not keys:
+    raise ValueError(f'prepend_mode_token: examples have none of {tuple(feature_keys)} '
+                     f'(they have {sorted(dataset.element_spec)})')
+  vocab = output_features[keys[0]].vocabulary
+  ids = [int(i) for i in vocab.encode(mode)]
   prefix = tf.constant(ids, tf.int32, shape=[len(ids)])
 
+  @tf.autograph.experimental.do_not_convert
   def add(ex):
     ex = dict(ex)
-    ex[feature_key] = tf.concat([prefix, tf.cast(ex[feature_key], tf.int32)], 0)
+    for k in keys:
+      ex[k] = tf.concat([prefix, tf.cast(ex[k], tf.int32)], 0)
     return ex
   return dataset.map(add, num_parallel_calls=tf.data.AUTOTUNE)

@@ -194,8 +194,8 @@ def task_records(task_name: str, split: str, num_examples: Optional[int] = None
     out.append({'id': str(i), 'inputs': text('inputs_pretokenized'),
                 'label': text('targets_pretokenized')})
   post = None
-  if getattr(task, 'postprocess_fn', None) is not None:
-    fn = task.postprocess_fn
+  fn = getattr(task, '_postprocess_fn', None)  # seqio keeps the user's fn here
+  if fn is not None:
     post = lambda s: fn(s, example=None, is_target=False)
   return out, post
 

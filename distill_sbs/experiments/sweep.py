@@ -172,37 +172,86 @@ def plan(config: SweepConfig) -> list[PlannedRun]:
 
 
 class Runner(Protocol):
-  """Runs one argv with its output logged to `log_path`; raises on failure."""
+  """Runs one argv with its output logged to `log_path`; raises on failure.
 
-  def __call__(self, argv: Sequence[str], log_path: pathlib.Path) -> None:
+  `progress()` (optional) returns a one-line status to show now and then.
+  """
+
+  def __call__(self, argv: Sequence[str], log_path: pathlib.Path,
+               progress: Optional[Callable[[], Optional[str]]] = None) -> None:
     ...
 
 
+def _last_line(path: pathlib.Path) -> Optional[str]:
+  try:
+    with open(path, 'rb') as f:
+      f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+      lines = [l for l in f.read().decode('utf-8', 'replace').splitlines() if l.strip()]
+    return lines[-1][:160] if lines else None
+  except OSError:
+    return None
+
+
 def subprocess_runner(argv: Sequence[str], log_path: pathlib.Path,
+                      progress: Optional[Callable[[], Optional[str]]] = None,
                       echo: Callable[[str], None] = lambda s: print(s, flush=True),
-                      echo_every: float = 10.0) -> None:
-  """Runs argv, tees output to `log_path`; echoes a line at most every 10 s."""
+                      echo_every: float = 15.0) -> None:
+  """Runs argv with output to `log_path`; every `echo_every` s echoes
+  `progress()` (default: the log's last line) with the elapsed time."""
   log_path.parent.mkdir(parents=True, exist_ok=True)
   env = dict(os.environ)
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  last = 0.0
+  t0 = time.monotonic()
   with open(log_path, 'a') as log:
     log.write('$ ' + ' '.join(argv) + '\n')
     log.flush()
-    proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env,
+    proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=str(REPO_ROOT))
-    assert proc.stdout is not None
-    for line in proc.stdout:
-      log.write(line)
-      now = time.monotonic()
-      if now - last >= echo_every and line.strip():
-        echo('    ' + line.rstrip()[:160])
-        last = now
-    rc = proc.wait()
+    try:
+      while True:
+        try:
+          rc = proc.wait(timeout=echo_every)
+          break
+        except subprocess.TimeoutExpired:
+          msg = progress() if progress else _last_line(log_path)
+          if msg:
+            echo(f'    {msg} [{time.monotonic() - t0:.0f}s]')
+    except BaseException:
+      proc.kill()
+      proc.wait()
+      raise
   if rc != 0:
     tail = ''.join(log_path.read_text().splitlines(keepends=True)[-20:])
     raise RuntimeError(f'command failed (exit {rc}), log {log_path}:\n{tail}')
+
+
+def train_progress(model_dir: pathlib.Path, total_steps: int
+                   ) -> Callable[[], Optional[str]]:
+  """'step 300/1500 (20%) loss 2.31, ETA 4m10s' from the run's metrics.jsonl."""
+  path = pathlib.Path(model_dir) / runs_lib.METRICS_FILE
+  first: dict[str, float] = {}
+
+  def status() -> Optional[str]:
+    line = _last_line(path)
+    if not line:
+      return 'starting (compiling)'
+    try:
+      rec = json.loads(line)
+      step = int(rec['step'])
+    except (ValueError, KeyError, TypeError):
+      return None
+    now = time.monotonic()
+    first.setdefault('step', step)
+    first.setdefault('time', now)
+    msg = f'step {step}/{total_steps} ({100 * step // max(total_steps, 1)}%)'
+    if runs_lib.is_number(rec.get('loss')):
+      msg += f' loss {rec["loss"]:.3f}'
+    done, spent = step - first['step'], now - first['time']
+    if done > 0 and spent > 0:
+      eta = (total_steps - step) * spent / done
+      msg += f', ETA {int(eta // 60)}m{int(eta % 60):02d}s'
+    return msg
+  return status
 
 
 def execute(config: SweepConfig, runner: Runner = subprocess_runner,
@@ -220,9 +269,10 @@ def execute(config: SweepConfig, runner: Runner = subprocess_runner,
       continue
     log(f'{head}: training ({time.monotonic() - t0:.0f}s elapsed)')
     try:
-      runner(run.train_argv, run.model_dir / 'train.log')
+      runner(run.train_argv, run.model_dir / 'train.log',
+             progress=train_progress(run.model_dir, config.train_steps))
       if run.eval_argv:
-        log(f'{head}: evaluating')
+        log(f'{head}: evaluating on the test split')
         runner(run.eval_argv, run.model_dir / 'eval.log')
     except Exception as e:  # pylint: disable=broad-except
       status['failed'].append(run.spec)

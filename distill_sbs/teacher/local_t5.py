@@ -89,10 +89,13 @@ class LocalT5Backend:
     self._ndev = self.mesh.devices.size
     self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
     self.stats = {'batches': 0, 'truncated_prompts': 0, 'generated_tokens': 0}
-    self._vocab_hash = vocab_lib.vocab_hash(vocabulary)
+    try:
+      self._vocab_hash = vocab_lib.vocab_hash(vocabulary)
+    except TypeError:  # A vocabulary vocab_hash does not know: no hash.
+      self._vocab_hash = ''
 
   def record_fields(self) -> dict:
-    return {'teacher_vocab_hash': self._vocab_hash}
+    return {'teacher_vocab_hash': self._vocab_hash} if self._vocab_hash else {}
 
   def describe(self) -> dict:
     return {'backend': self.name, 'model': self.model, 'checkpoint': self.checkpoint,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -37,10 +38,11 @@ Messages = tuple[tuple[str, str], ...]  # ((role, content), ...)
 
 def prompts_dir() -> pathlib.Path:
   """`tasks/data/prompts` of this checkout / installed `distill_sbs.tasks`."""
-  try:
-    import distill_sbs.tasks as tasks_pkg  # pylint: disable=g-import-not-at-top
-    base = pathlib.Path(tasks_pkg.__file__).resolve().parent
-  except ImportError:
+  # Locate the package without importing it (importing registers every task).
+  spec = importlib.util.find_spec('distill_sbs.tasks')
+  if spec is not None and spec.submodule_search_locations:
+    base = pathlib.Path(list(spec.submodule_search_locations)[0])
+  else:
     base = pathlib.Path(__file__).resolve().parents[2] / 'tasks'
   return base / 'data' / 'prompts'
 

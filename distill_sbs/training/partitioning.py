@@ -140,9 +140,30 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalAxisRules) -> Any:
-  """Shardings for a tree of `nn.LogicallyPartitioned` (or plain) leaves."""
+  """Shardings for a tree of `nn.LogicallyPartitioned` (or plain) leaves.
+
+  A dimension whose size the mesh axis does not divide (e.g. 2 relative
+  position heads on a 4-way model axis) is replicated instead.
+  """
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  values = nn.meta.unbox(boxed_tree)
+
+  def fit(sharding, value):
+    shape = getattr(value, 'shape', None)
+    if shape is None or not isinstance(sharding, NamedSharding):
+      return sharding
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for i, axes in enumerate(spec):
+      if axes is None:
+        continue
+      names = axes if isinstance(axes, tuple) else (axes,)
+      size = math.prod(mesh.shape[a] for a in names)
+      if shape[i] % size:
+        spec[i] = None
+    return NamedSharding(mesh, P(*spec))
+  return jax.tree.map(fit, shardings, values,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def opt_state_shardings(tx: Any, abstract_params: Any, param_shardings: Any,

@@ -77,3 +77,22 @@ def test_compact_storage_bytes_per_token():
   assert topk.bytes_per_target_token(recs)['topk_bytes_per_token'] == 4 * K
   big = schema.encode_topk(np.array([[70000, 1]]), np.zeros((1, 2)), 80000)
   assert big['teacher_topk_id_dtype'] == 'uint32' and len(big['teacher_topk_ids']) == 8
+
+
+def test_converter_falls_back_for_plain_tasks_and_reads_temperature(tmp_path):
+  import tensorflow as tf
+  from distill_sbs.distill import temperature
+  plain = tf.data.Dataset.from_tensors({'inputs': tf.constant([5, 6, 1], tf.int32),
+                                        'targets': tf.constant([7, 1], tf.int32)})
+  rows = list(topk.TopKFeatureConverter()(plain, {'inputs': 4, 'targets': 3}).as_numpy_iterator())
+  assert set(rows[0]) == {'encoder_input_tokens', 'decoder_target_tokens',
+                          'decoder_input_tokens', 'decoder_loss_weights'}
+  np.testing.assert_array_equal(rows[0]['decoder_target_tokens'], [7, 1, 0])
+  # The calibrated T of a FIRST task's records, through the task registry.
+  schema.write_shards(str(tmp_path), 'train', _records(np.random.default_rng(3), 1, 'h'))
+  first.register_first_tasks('first_test_temp', str(tmp_path), vocabulary=VOCAB)
+  fit = temperature.TemperatureFit(1.7, 0, 0, 1, 0, 0, 0, 'drop')
+  temperature.write_teacher_temperature(str(tmp_path), fit)
+  assert topk.teacher_temperature(task='first_test_temp') == 1.7
+  with pytest.raises(ValueError, match='not a FIRST'):
+    topk.teacher_temperature(task='sbs_cqa_label_gold')

@@ -49,7 +49,7 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
   calls = tmp_path / 'calls.txt'
   monkeypatch.setenv('FAKE_TRAIN_CALLS', str(calls))
   config = _config(tmp_path)
-  status = sweep.execute(config, runner=lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet),
+  status = sweep.execute(config, runner=lambda a, p, **kw: sweep.subprocess_runner(a, p, echo=_quiet, **kw),
                          log=_quiet)
   assert len(status['ran']) == 8 and not status['skipped']
   assert len(calls.read_text().splitlines()) == 8  # trainings (evals are not logged)
@@ -83,7 +83,7 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
       paths['report'].read_text()
 
   # Rerun: nothing trains again, outputs are byte-identical.
-  status = sweep.execute(config, runner=lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet),
+  status = sweep.execute(config, runner=lambda a, p, **kw: sweep.subprocess_runner(a, p, echo=_quiet, **kw),
                          log=_quiet)
   assert not status['ran'] and len(status['skipped']) == 8
   assert len(calls.read_text().splitlines()) == 8
@@ -97,7 +97,7 @@ def test_partial_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
   monkeypatch.setenv('FAKE_TRAIN_CALLS', str(calls))
   monkeypatch.setenv('FAKE_TRAIN_FAIL', 'sbs_cqa_llm')
   config = _config(tmp_path, keep_going=True)
-  runner = lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet)
+  runner = lambda a, p, **kw: sweep.subprocess_runner(a, p, echo=_quiet, **kw)
   status = sweep.execute(config, runner=runner, log=_quiet)
   assert len(status['failed']) == 4 and len(status['ran']) == 4
   assert 'boom' in (config.out_dir / 'runs/cqa_tiny/sbs_llm/frac100/seed0/train.log').read_text()
@@ -113,11 +113,11 @@ def test_partial_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
 
 def test_changed_config_refuses_to_mix(tmp_path):
   config = _config(tmp_path, methods=('standard_finetune',), fractions=(1.0,), seeds=(0,))
-  sweep.execute(config, runner=lambda a, p: sweep.subprocess_runner(a, p, echo=_quiet), log=_quiet)
+  sweep.execute(config, runner=lambda a, p, **kw: sweep.subprocess_runner(a, p, echo=_quiet, **kw), log=_quiet)
   changed = _config(tmp_path, methods=('standard_finetune',), fractions=(1.0,), seeds=(0,),
                     train_steps=5)
   with pytest.raises(ValueError, match='another configuration'):
-    sweep.execute(changed, runner=lambda a, p: None, log=_quiet)
+    sweep.execute(changed, runner=lambda a, p, **kw: None, log=_quiet)
 
 
 def test_gin_config_and_cli_parsing(tmp_path):

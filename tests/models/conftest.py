@@ -62,3 +62,26 @@ def shift_right(targets: np.ndarray) -> np.ndarray:
   out = np.zeros_like(targets)
   out[:, 1:] = targets[:, :-1]
   return out
+
+
+def random_params(config, seed: int = 0, enc_len: int = 4, dec_len: int = 3):
+  """Random float32 params for `config` without compiling initialisers:
+  the tree comes from `jax.eval_shape(init)`, the values from numpy."""
+  import jax
+  import jax.numpy as jnp
+  from flax import linen as nn
+  from distill_sbs import models
+  x = jnp.ones((1, enc_len), jnp.int32)
+  y = jnp.ones((1, dec_len), jnp.int32)
+  shapes = jax.eval_shape(lambda: models.Transformer(config).init(
+      jax.random.PRNGKey(0), x, y, y, enable_dropout=False))
+  shapes = nn.meta.unbox(shapes)['params']
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path)
+    if 'scale' in name:
+      return (1.0 + 0.1 * rng.standard_normal(s.shape)).astype(np.float32)
+    return (0.3 * rng.standard_normal(s.shape)).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)

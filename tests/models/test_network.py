@@ -1,4 +1,6 @@
 """T5Config validation, parameter tree / logical axes, packing, remat, sharding."""
+import functools
+
 import gin
 import jax
 import jax.numpy as jnp
@@ -10,19 +12,22 @@ from jax.sharding import Mesh, NamedSharding
 
 from distill_sbs import models
 from distill_sbs.training import partitioning
+from tests.models.conftest import random_params
 
 TINY = models.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
                        num_encoder_layers=2, num_decoder_layers=2, mlp_dim=24,
                        relative_attention_num_buckets=8, relative_attention_max_distance=16)
 
 
-def init(config, batch=2, enc_len=9, dec_len=7, seed=0):
-  x = jnp.ones((batch, enc_len), jnp.int32)
-  y = jnp.ones((batch, dec_len), jnp.int32)
-  return models.Transformer(config).init(jax.random.PRNGKey(seed), x, y, y,
-                                         enable_dropout=False)
+def init_shapes(config):
+  """Boxed variables (ShapeDtypeStructs with logical axis names), no compile."""
+  x = jnp.ones((2, 9), jnp.int32)
+  y = jnp.ones((2, 7), jnp.int32)
+  return jax.eval_shape(lambda: models.Transformer(config).init(
+      jax.random.PRNGKey(0), x, y, y, enable_dropout=False))
 
 
+@functools.partial(jax.jit, static_argnames=('config',))
 def logits(config, params, x, y_in, y, **kw):
   return models.Transformer(config).apply({'params': params}, x, y_in, y,
                                           enable_dropout=False, **kw)
@@ -65,7 +70,7 @@ def test_gin_binds_t5config():
 
 
 def test_parameter_tree_and_axes_match_t5x():
-  variables = init(TINY.replace(mlp_activations=('relu',), logits_via_embedding=True))
+  variables = init_shapes(TINY.replace(mlp_activations=('relu',), logits_via_embedding=True))
   flat = traverse_util.flatten_dict(variables['params'], sep='/')
   assert flat['token_embedder/embedding'].names == ('vocab', 'embed')
   assert flat['encoder/layers_1/attention/out/kernel'].names == ('joined_kv', 'embed')
@@ -73,18 +78,20 @@ def test_parameter_tree_and_axes_match_t5x():
   assert flat['decoder/relpos_bias/rel_embedding'].names == ('heads', 'relpos_buckets')
   assert flat['decoder/layers_1/encoder_decoder_attention/query/kernel'].value.shape == (16, 16)
   assert 'decoder/logits_dense/kernel' not in flat
-  untied = traverse_util.flatten_dict(init(TINY)['params'], sep='/')
+  untied = traverse_util.flatten_dict(init_shapes(TINY)['params'], sep='/')
   assert untied['decoder/logits_dense/kernel'].names == ('embed', 'vocab')
   assert 'encoder/layers_0/mlp/wi_1/kernel' in untied
   assert len(untied) == 1 + (1 + 2 * 9 + 1) + (1 + 2 * 14 + 1 + 1)  # 52 tensors
   assert all(v.value.dtype == jnp.float32 for v in untied.values())
+  bf16 = traverse_util.flatten_dict(init_shapes(TINY.replace(dtype='bfloat16'))['params'])
+  assert all(v.value.dtype == jnp.float32 for v in bf16.values())  # param_dtype
 
 
 @pytest.mark.parametrize('dims', [(1, 1), (2, 2)])
 def test_every_parameter_has_a_partition_spec(dims):
   rules = partitioning.standard_logical_axis_rules(*dims)
   known = {name for name, _ in rules}
-  variables = init(TINY)
+  variables = init_shapes(TINY)
   specs = nn.get_partition_spec(variables)['params']
   leaves = jax.tree_util.tree_leaves_with_path(
       specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -103,9 +110,8 @@ def test_sharded_params_give_same_logits_and_generation():
   mesh = Mesh(devices, ('data', 'model'))
   rules = partitioning.standard_logical_axis_rules()
   cfg = TINY.replace(num_heads=4, mlp_dim=32)
-  variables = init(cfg)
-  specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(variables), mesh, rules)
-  params = nn.meta.unbox(variables)['params']
+  specs = nn.logical_to_mesh_sharding(nn.get_partition_spec(init_shapes(cfg)), mesh, rules)
+  params = random_params(cfg)
   sharded = jax.device_put(params, specs['params'])
   assert sharded['decoder']['layers_0']['mlp']['wi_0']['kernel'].sharding.spec[1] == 'model'
   rng = np.random.default_rng(0)
@@ -121,15 +127,15 @@ def test_sharded_params_give_same_logits_and_generation():
 
   with jax.set_mesh(mesh):
     out = fwd(sharded, x, y_in, y)
-  np.testing.assert_allclose(out, ref, atol=1e-5)
+  np.testing.assert_allclose(out, ref, atol=1e-4)
   t1, l1 = models.generate(cfg, params, x, max_decode_length=6)
   t2, l2 = models.generate(cfg, sharded, x, max_decode_length=6)
   np.testing.assert_array_equal(t1, t2)
-  np.testing.assert_allclose(l1, l2, atol=1e-5)
+  np.testing.assert_allclose(l1, l2, atol=1e-4)
 
 
 def test_packed_sequences_equal_separate_examples():
-  params = nn.meta.unbox(init(TINY))['params']
+  params = random_params(TINY)
   a_x, a_y = np.array([[5, 6, 7, 1]]), np.array([[8, 9, 1]])
   b_x, b_y = np.array([[10, 11, 1]]), np.array([[12, 13, 14, 1]])
   shift = lambda t: np.pad(t, ((0, 0), (1, 0)))[:, :-1]
@@ -150,27 +156,24 @@ def test_packed_sequences_equal_separate_examples():
 
 
 def test_remat_bf16_and_dropout():
-  variables = init(TINY)
-  params = nn.meta.unbox(variables)['params']
+  cfg = TINY.replace(num_encoder_layers=1, num_decoder_layers=1)
+  params = random_params(cfg)
   rng = np.random.default_rng(1)
   x = rng.integers(1, 64, (2, 9)).astype(np.int32)
   y = rng.integers(1, 64, (2, 7)).astype(np.int32)
   y_in = np.pad(y, ((0, 0), (1, 0)))[:, :-1]
 
-  def loss(p, cfg):
-    return jnp.mean(logits(cfg, p, x, y_in, y) ** 2)
+  @functools.partial(jax.jit, static_argnums=1)
+  def grad(p, cfg):
+    return jax.grad(lambda p: jnp.mean(logits(cfg, p, x, y_in, y) ** 2))(p)
 
-  g0 = jax.grad(loss)(params, TINY)
-  for policy in ('full', 'minimal'):
-    g1 = jax.grad(loss)(params, TINY.replace(remat_policy=policy))
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
-  bf16 = logits(TINY.replace(dtype='bfloat16'), params, x, y_in, y)
+  g0, g1 = grad(params, cfg), grad(params, cfg.replace(remat_policy='full'))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
+  ref = logits(cfg, params, x, y_in, y)
+  bf16 = logits(cfg.replace(dtype='bfloat16'), params, x, y_in, y)
   assert bf16.dtype == jnp.float32  # logits stay float32
-  np.testing.assert_allclose(bf16, logits(TINY, params, x, y_in, y), atol=0.1)
-  cfg = TINY.replace(dropout_rate=0.5)
-  m = models.Transformer(cfg)
-  d1 = m.apply({'params': params}, x, y_in, y, enable_dropout=True,
-               rngs={'dropout': jax.random.PRNGKey(1)})
-  d2 = m.apply({'params': params}, x, y_in, y, enable_dropout=False)
-  assert not np.allclose(d1, d2)
-  np.testing.assert_allclose(d2, logits(TINY, params, x, y_in, y), atol=1e-6)
+  np.testing.assert_allclose(bf16, ref, atol=0.1)
+  m = models.Transformer(cfg.replace(dropout_rate=0.5))
+  dropped = jax.jit(lambda p: m.apply({'params': p}, x, y_in, y, enable_dropout=True,
+                                      rngs={'dropout': jax.random.PRNGKey(1)}))(params)
+  assert np.abs(dropped - ref).max() > 1e-2

@@ -180,3 +180,25 @@ def test_token_id_logprobs_become_record_topk():
   np.testing.assert_array_equal(fields['teacher_target_ids'], [7, 1])
   assert generation._http_topk(base.Completion(text='a', tokens=['a'],  # pylint: disable=protected-access
                                                top_logprobs=[[('a', -1.0)]])) is None
+
+
+def test_backoff_and_retry_after_parsing():
+  import email.utils
+  import random
+  policy = openai_backend.RetryPolicy(initial_backoff_s=0.5, multiplier=2.0,
+                                      max_backoff_s=4.0, jitter=0.5, max_retry_after_s=10)
+  rng = random.Random(0)
+  for attempt, base_s in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+    delays = [policy.delay(attempt, None, rng) for _ in range(200)]
+    assert base_s * 0.5 <= min(delays) and max(delays) <= base_s
+    assert max(delays) - min(delays) > 0.3 * base_s   # jittered
+  assert policy.delay(1, 3.0, rng) == 3.0              # Retry-After wins when longer
+  assert policy.delay(1, 99.0, rng) == 10.0            # ... capped
+  parse = openai_backend.retry_after_seconds
+  assert parse({'retry-after': '7'}) == 7.0
+  assert parse({'retry-after-ms': '250', 'retry-after': '9'}) == 0.25
+  date = email.utils.formatdate(1_000_030.0, usegmt=True)
+  assert parse({'retry-after': date}, now=1_000_000.0) == pytest.approx(30.0)
+  assert parse({'retry-after': 'soon'}) is None and parse({}) is None
+  assert openai_backend.classify(json.JSONDecodeError('x', 'y', 0))[0]
+  assert not openai_backend.classify(KeyError('k'))[0]

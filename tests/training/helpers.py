@@ -85,7 +85,7 @@ include 't5x_configs/runs/finetune.gin'
 from distill_sbs.training import input_pipeline
 from distill_sbs.training import evaluation
 MIXTURE_OR_TASK_NAME = 'test_cqa_32'
-TASK_FEATURE_LENGTHS = {'inputs': 192, 'targets': 24}
+TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 16}
 BATCH_SIZE = 8
 DROPOUT_RATE = 0.0
 train/input_pipeline.DatasetConfig.module = 'tiny_tasks'

@@ -18,7 +18,7 @@ from distill_sbs.training import partitioning
 from distill_sbs.training import trainer as trainer_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-STEPS, PERIOD = 40, 5
+STEPS, PERIOD = 12, 4
 
 
 def _env():
@@ -37,7 +37,7 @@ def _cmd(tmp_path, model_dir, *extra):
   return [sys.executable, '-m', 'distill_sbs.train',
           f'--gin_file={tmp_path / "model.gin"}', f'--gin_file={tmp_path / "run.gin"}',
           f'--gin.MODEL_DIR={model_dir}', f'--gin.TRAIN_STEPS={STEPS}',
-          f'--gin.CHECKPOINT_PERIOD={PERIOD}', '--gin.EVAL_PERIOD=0', '--gin.LOG_PERIOD=5',
+          f'--gin.CHECKPOINT_PERIOD={PERIOD}', '--gin.EVAL_PERIOD=0', '--gin.LOG_PERIOD=4',
           '--gin.KEEP_CHECKPOINTS=None', *extra]
 
 
@@ -77,7 +77,7 @@ def test_kill_resume_equals_uninterrupted_and_config_override(tmp_path):
     np.testing.assert_allclose(p_res[k], p_full[k], atol=1e-6, err_msg='/'.join(k))
   # Training actually moved the parameters and logged every LOG_PERIOD steps.
   logged = [r['step'] for r in _jsonl(full / 'metrics.jsonl')]
-  assert logged == list(range(5, STEPS + 1, 5))
+  assert logged == list(range(4, STEPS + 1, 4))
   # The command-line override is in the resolved config.
   config = (full / 'config.gin').read_text()
   assert 'RANDOM_SEED = 7' in config and f'TRAIN_STEPS = {STEPS}' in config
