@@ -125,6 +125,7 @@ class LoopbackServer:
 
     class Handler(http.server.BaseHTTPRequestHandler):
       protocol_version = 'HTTP/1.1'
+      disable_nagle_algorithm = True  # Headers and body go out without delay.
 
       def log_message(self, *args):  # Quiet.
         del args

@@ -172,7 +172,7 @@ def test_remat_bf16_and_dropout():
   ref = logits(cfg, params, x, y_in, y)
   bf16 = logits(cfg.replace(dtype='bfloat16'), params, x, y_in, y)
   assert bf16.dtype == jnp.float32  # logits stay float32
-  np.testing.assert_allclose(bf16, ref, atol=0.1)
+  assert np.abs(bf16 - ref).mean() < 0.05 * np.abs(ref).mean()
   m = models.Transformer(cfg.replace(dropout_rate=0.5))
   dropped = jax.jit(lambda p: m.apply({'params': p}, x, y_in, y, enable_dropout=True,
                                       rngs={'dropout': jax.random.PRNGKey(1)}))(params)

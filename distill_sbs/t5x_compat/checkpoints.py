@@ -1,0 +1,122 @@
+"""Moving parameters between T5X checkpoints and the project's checkpoints.
+
+Both trainers hold the same parameter tree (T5X's names: `token_embedder`,
+`encoder/layers_0/attention/query/kernel`, ...); only the containers differ:
+
+  T5X (Orbax, default)   MODEL_DIR/checkpoint_<step>/state  {'target': params,
+                                                             'state': {...}}
+  T5X (legacy msgpack)   MODEL_DIR/checkpoint_<step>/checkpoint (+ tensorstore)
+  project (Orbax)        MODEL_DIR/checkpoints/<step>/state {'params': ..., ...}
+
+`python -m distill_sbs.t5x_compat.checkpoints --t5x=DIR --to_project=MODEL_DIR`
+writes a project run directory that `python -m distill_sbs.eval` (and
+`INITIAL_CHECKPOINT_PATH`) read; `--project=PATH --to_t5x=DIR` writes a T5X
+legacy checkpoint of the parameters, which T5X restores as
+`INITIAL_CHECKPOINT_PATH` with the optimizer state initialised afresh (see
+docs/t5x.md). The project's own reader also takes T5X legacy checkpoints
+directly.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from distill_sbs.training import checkpoints as project_checkpoints
+
+_T5X_STEP = re.compile(r'checkpoint_(\d+)$')
+
+
+def t5x_checkpoint_dir(path: str, step: Optional[int] = None) -> str:
+  """`path` if it is a T5X `checkpoint_<step>` directory, else the one for
+  `step` (default: the latest) inside the T5X model directory `path`."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if _is_t5x_step_dir(path):
+    return path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'T5X checkpoint path {path!r} is not a directory')
+  steps = sorted(int(m.group(1)) for d in os.listdir(path)
+                 if (m := _T5X_STEP.match(d)) and _is_t5x_step_dir(os.path.join(path, d)))
+  if not steps:
+    raise FileNotFoundError(f'{path!r} holds no T5X checkpoint_<step> directory')
+  if step is None:
+    step = steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f'{path!r} has no checkpoint_{step} (steps: {steps})')
+  return os.path.join(path, f'checkpoint_{step}')
+
+
+def _is_t5x_step_dir(path: str) -> bool:
+  return (os.path.isfile(os.path.join(path, 'checkpoint')) or
+          os.path.isdir(os.path.join(path, 'state')))
+
+
+def t5x_step(checkpoint_dir: str) -> int:
+  m = _T5X_STEP.search(os.path.basename(os.path.normpath(checkpoint_dir)))
+  return int(m.group(1)) if m else 0
+
+
+def read_t5x_params(path: str, step: Optional[int] = None) -> dict[str, Any]:
+  """Parameters (nested dict of numpy arrays) of a T5X checkpoint, Orbax or legacy."""
+  ckpt = t5x_checkpoint_dir(path, step)
+  if os.path.isfile(os.path.join(ckpt, 'checkpoint')):
+    return project_checkpoints.load_t5x_checkpoint(ckpt)['target']
+  state = project_checkpoints.read_orbax_state(ckpt)
+  if 'target' not in state:
+    raise ValueError(f'{ckpt}/state: no parameters under target/ (keys: {sorted(state)})')
+  return state['target']
+
+
+def t5x_to_project(t5x_path: str, model_dir: str, step: Optional[int] = None) -> str:
+  """Writes the parameters of a T5X checkpoint as a project checkpoint in
+  `model_dir/checkpoints/<step>`; returns that step directory."""
+  ckpt = t5x_checkpoint_dir(t5x_path, step)
+  params = read_t5x_params(ckpt)
+  out_step = t5x_step(ckpt)
+  ckptr = project_checkpoints.RunCheckpointer(model_dir, save_period=1, keep=None,
+                                              async_save=False)
+  try:
+    state = {'step': np.asarray(out_step, np.int32), 'params': params}
+    ckptr.save(out_step, state, {'source': ckpt}, force=True)
+    ckptr.wait()
+  finally:
+    ckptr.close()
+  return os.path.join(ckptr.directory, str(out_step))
+
+
+def project_to_t5x(project_path: str, t5x_dir: str, step: int = 0) -> str:
+  """Writes the parameters at `project_path` (a project run / step directory, a
+  Hugging Face directory, ...) as T5X legacy `t5x_dir/checkpoint_<step>`."""
+  params = project_checkpoints.read_params(project_path)
+  out = os.path.join(os.path.abspath(os.path.expanduser(t5x_dir)), f'checkpoint_{step}')
+  project_checkpoints.write_t5x_checkpoint(out, params, step=step)
+  return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  p = argparse.ArgumentParser(
+      prog='python -m distill_sbs.t5x_compat.checkpoints',
+      description='Convert checkpoints between T5X and the distill-sbs trainer.')
+  p.add_argument('--t5x', help='T5X model dir or checkpoint_<step> dir to read')
+  p.add_argument('--to_project', help='project MODEL_DIR to write checkpoints/<step> in')
+  p.add_argument('--project', help='project run / step / HF dir to read')
+  p.add_argument('--to_t5x', help='directory to write checkpoint_<step> (T5X legacy) in')
+  p.add_argument('--step', type=int, default=None,
+                 help='T5X step to read (default latest) / step to write for --to_t5x')
+  args = p.parse_args(argv)
+  if args.t5x and args.to_project and not (args.project or args.to_t5x):
+    out = t5x_to_project(args.t5x, args.to_project, args.step)
+  elif args.project and args.to_t5x and not (args.t5x or args.to_project):
+    out = project_to_t5x(args.project, args.to_t5x, args.step or 0)
+  else:
+    p.error('give either --t5x and --to_project, or --project and --to_t5x')
+  print(out)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
