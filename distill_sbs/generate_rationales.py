@@ -43,6 +43,8 @@ flags.DEFINE_integer('num_shards', 0, 'Output shards (0 = one per 50k records).'
 flags.DEFINE_integer('part_size', 64, 'Records per crash-safe part file.')
 flags.DEFINE_boolean('keep_parse_failures', True, 'Write unparsable completions too.')
 flags.DEFINE_boolean('progress', True, 'Show a progress bar.')
+flags.DEFINE_list('copy_splits', [], 'Prepared splits copied into --out_dir unchanged '
+                  '(e.g. validation,test) so it is a complete records_dir.')
 # Sampling (SamplingConfig).
 flags.DEFINE_integer('num_samples', 1, 'Samples per input (>1: self-consistency vote).')
 flags.DEFINE_float('temperature', 0.0, 'Sampling temperature.')
@@ -70,7 +72,7 @@ flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings.')
 
 _GEN_FLAGS = ('dataset', 'split', 'data_dir', 'input_jsonl', 'prompt_file', 'out_dir',
               'max_examples', 'chat', 'num_shards', 'part_size',
-              'keep_parse_failures', 'progress')
+              'keep_parse_failures', 'progress', 'copy_splits')
 _SAMPLING_FLAGS = ('num_samples', 'temperature', 'top_p', 'max_tokens', 'top_logprobs',
                    'seed')
 _HTTP_FLAGS = ('base_url', 'model', 'api_key_env', 'concurrency', 'timeout', 'chat',
@@ -82,6 +84,14 @@ _RENAME = {'topk': 'k'}
 def _given(names) -> dict:
   """Flags set on the command line (they override gin and defaults)."""
   return {_RENAME.get(n, n): F[n].value for n in names if F[n].present}
+
+
+def _flags_header() -> str:
+  """The command-line flags as gin comments (they override the bindings below)."""
+  names = dict.fromkeys(('backend',) + _GEN_FLAGS + _SAMPLING_FLAGS + _HTTP_FLAGS
+                        + _LOCAL_FLAGS + ('gin_file', 'gin_bindings'))
+  lines = [f'#   --{n}={F[n].value!r}' for n in names if F[n].present]
+  return '# Command-line flags (override the bindings below):\n' + '\n'.join(lines) + '\n\n'
 
 
 def build_backend(name: str):
@@ -115,7 +125,7 @@ def main(argv) -> int:
   finally:
     backend.close()
   with open(os.path.join(config.out_dir, 'config.gin'), 'w', encoding='utf-8') as f:
-    f.write(gin.operative_config_str())
+    f.write(_flags_header() + gin.operative_config_str())
   c = manifest['counts']
   acc = manifest['teacher_accuracy']
   print(f"{manifest['dataset']}/{manifest['split']}: {c['written']} records written "

@@ -24,12 +24,14 @@ import os
 from typing import Optional
 
 import seqio
+import tensorflow as tf
 
 from distill_sbs.data import formats
 from distill_sbs.data import parsers
 from distill_sbs.data import paths
 from distill_sbs.data import topk
 from distill_sbs.data import vocab as vocab_lib
+from distill_sbs.metrics import rank_classification as rank_lib
 from distill_sbs.tasks import sbs
 
 PREFIX = 'first'
@@ -104,3 +106,91 @@ def register_first_tasks(name: str, records_dir: Optional[str] = None, *,
 for _ds in formats.DATASETS:
   register_first_tasks(f'{PREFIX}_{_ds}', ds=_ds)
   register_first_tasks(f'{PREFIX}_{_ds}_cot', ds=_ds, default_dir_suffix='_cot')
+
+
+# ------------------------------------------------------------- rank classification
+# `rank_{ds}` / `rank_{ds}_predict` (inputs with the step-by-step 'predict: '
+# prefix) for the label datasets: every candidate label becomes one scored row;
+# the score metric reports accuracy, ECE, ECE (equal mass), MCE and Brier. Put
+# one in the evaluation mixture next to the label task so every student reports
+# accuracy and calibration side by side: mixtures `eval_{ds}` (label_gold +
+# rank_{ds}) and `eval_{ds}_predict` (predict_gold + rank_{ds}_predict).
+RANK_DATASETS = ('cqa', 'esnli', 'anli1')
+_CHOICE_LINE = r'\([a-e]\) .*'
+
+
+def _norm(t):
+  return tf.strings.lower(tf.strings.strip(t))
+
+
+def expand_candidates(dataset: tf.data.Dataset, labels: Optional[tuple] = None
+                      ) -> tf.data.Dataset:
+  """One row per candidate: inputs, targets (candidate text), idx [example, candidate],
+  is_correct. Candidates: `labels`, or the '(a) ...' choice lines of the input (CQA)."""
+
+  def fn(i, ex):
+    if labels:
+      cands = tf.constant(list(labels))
+    else:
+      lines = tf.strings.split(ex['inputs'], '\n')
+      cands = tf.strings.substr(
+          tf.boolean_mask(lines, tf.strings.regex_full_match(lines, _CHOICE_LINE)), 4, -1)
+    n = tf.shape(cands)[0]
+    cand_idx = tf.range(n, dtype=tf.int64)
+    return {'inputs': tf.fill([n], ex['inputs']), 'targets': cands,
+            'idx': tf.stack([tf.fill([n], tf.cast(i, tf.int64)), cand_idx], axis=1),
+            'is_correct': tf.equal(_norm(cands), _norm(ex['targets']))}
+
+  return dataset.enumerate().map(fn).unbatch()
+
+
+def rank_postprocess(text, example=None, is_target: bool = False):
+  """Targets → (example index, candidate index, is_correct); scores pass through."""
+  if is_target and example is not None:
+    idx = example['idx']
+    return int(idx[0]), int(idx[1]), bool(example['is_correct'])
+  return text
+
+
+def register_rank_tasks(ds: str, *, records_dir: Optional[str] = None,
+                        vocabulary: Optional[seqio.Vocabulary] = None,
+                        num_bins: int = 10) -> list[str]:
+  """Registers `rank_{ds}` and `rank_{ds}_predict` over the prepared gold records."""
+  formats.check_dataset(ds)
+  labels = formats.LABELS.get(ds)
+  if labels is None and ds != 'cqa':
+    raise ValueError(f'rank classification needs a closed label set; {ds!r} has none')
+  names = []
+  for kind, suffix in (('label_gold', ''), ('predict_gold', '_predict')):
+    name = f'rank_{ds}{suffix}'
+    if name in seqio.TaskRegistry.names():
+      seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=sbs.SbsRecordsSource(ds, kind, records_dir),
+        output_features=sbs.output_features('label_gold', vocabulary),
+        preprocessors=[functools.partial(expand_candidates, labels=labels),
+                       seqio.preprocessors.tokenize,
+                       seqio.preprocessors.append_eos_after_trim],
+        postprocess_fn=rank_postprocess,
+        metric_fns=[functools.partial(rank_lib.rank_classification_metrics,
+                                      num_bins=num_bins)])
+    names.append(name)
+  return names
+
+
+def register_eval_mixtures(ds: str) -> list[str]:
+  """`eval_{ds}` and `eval_{ds}_predict`: generation accuracy + rank calibration."""
+  names = []
+  for label_task, rank_task, name in (
+      (f'sbs_{ds}_label_gold', f'rank_{ds}', f'eval_{ds}'),
+      (f'sbs_{ds}_predict_gold', f'rank_{ds}_predict', f'eval_{ds}_predict')):
+    if name in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [(label_task, 1.0), (rank_task, 1.0)])
+    names.append(name)
+  return names
+
+
+for _ds in RANK_DATASETS:
+  register_rank_tasks(_ds)
+  register_eval_mixtures(_ds)

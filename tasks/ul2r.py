@@ -50,18 +50,23 @@ def task_name(name: str) -> str:
   return name if name.startswith('ul2r_') else f'ul2r_{name}'
 
 
+_GIN = 'gin'  # preset left to gin's `ul2r_objective.preset` (default 'ul2r')
+
+
 def register_ul2r_task(name: str, source: seqio.DataSource, *,
                        text_key: str = 'text',
                        vocabulary: Optional[seqio.Vocabulary] = None,
-                       preset: Optional[str] = 'ul2r') -> seqio.Task:
+                       preset: Optional[str] = _GIN) -> seqio.Task:
   """`ul2r_{name}` over any seqio source whose examples have a `text_key` string.
 
-  `preset` is passed to `ul2.ul2r_objective` ('ul2r' U-PaLM rates, 'ul2' UL2's,
-  None: the gin-configured `ul2.make_denoisers`).
+  `preset`: 'ul2r' (U-PaLM rates), 'ul2' (UL2's), None (the gin-configured
+  `ul2.make_denoisers` rates); by default it is left to gin
+  (`ul2.ul2r_objective.preset`, default 'ul2r').
   """
   full = task_name(name)
   seqio.TaskRegistry.remove(full)
-  objective = functools.partial(ul2.ul2r_objective, preset=preset)
+  objective = (ul2.ul2r_objective if preset == _GIN else
+               functools.partial(ul2.ul2r_objective, preset=preset))
   return seqio.TaskRegistry.add(
       full,
       source=source,
@@ -132,7 +137,7 @@ def _as_text_example(text):
 def register_ul2r_text_task(name: str, path: str, *, text_key: str = 'text',
                             splits: Sequence[str] = ('train',),
                             vocabulary: Optional[seqio.Vocabulary] = None,
-                            preset: Optional[str] = 'ul2r') -> seqio.Task:
+                            preset: Optional[str] = _GIN) -> seqio.Task:
   """`ul2r_{name}` over a plain text (line per document) or JSON Lines file."""
   if not tf.io.gfile.glob(os.path.expanduser(path.replace('{split}', '*'))):
     raise FileNotFoundError(f'register_ul2r_text_task({name!r}): no file matches '
@@ -143,7 +148,7 @@ def register_ul2r_text_task(name: str, path: str, *, text_key: str = 'text',
 
 @gin.configurable
 def ul2r_text_task(name: str = gin.REQUIRED, path: str = gin.REQUIRED,
-                   text_key: str = 'text', preset: Optional[str] = 'ul2r') -> str:
+                   text_key: str = 'text', preset: Optional[str] = _GIN) -> str:
   """gin hook: registers `ul2r_{name}` over `path`, returns the task name."""
   return register_ul2r_text_task(name, path, text_key=text_key,
                                  preset=preset).name

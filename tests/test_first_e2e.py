@@ -54,7 +54,8 @@ def _teacher_records(params, n, rng, sample_temperature=2.0):
     g = np.argmax(lps / sample_temperature + rng.gumbel(size=lps.shape), axis=1)
     targets[:, t] = np.maximum(ids[np.arange(n), g], 2)
   targets[:, -1] = VOCAB.eos_id
-  ids, lps = _topk(params, enc, targets, K)
+  ids, lps = _topk(params, enc, targets, CONFIG.vocab_size)  # same compiled fn; best first
+  ids, lps = np.asarray(ids)[..., :K], np.asarray(lps)[..., :K]
   recs = []
   for i in range(n):
     rec = {'id': f'q{i}', 'inputs': texts[i], 'label': 'x',
@@ -87,7 +88,7 @@ def test_first_end_to_end(tmp_path, capsys):
 
   # Calibrate: the teacher's log-probs are twice as sharp as the data.
   report = calibrate.main([f'--records={tmp_path}', '--split=validation'])
-  assert 1.4 < report['temperature'] < 2.8, report
+  assert 1.6 < report['temperature'] < 2.5, report
   assert report['nll_after'] < report['nll_before']
   assert 'ECE  before' in capsys.readouterr().out
 
@@ -119,15 +120,16 @@ def test_first_end_to_end(tmp_path, capsys):
     updates, s = opt.update(g, s, p)
     return optax.apply_updates(p, updates), s, loss, logits, metrics
 
-  losses_seen, overlaps = [], []
-  for _ in range(40):
+  losses_seen, overlaps, top1 = [], [], []
+  for _ in range(25):
     params, state, loss, logits, metrics = step(params, state)
     losses_seen.append(float(loss))
     overlaps.append(_overlap_at_k(logits, batch))
-  final_logits = objective(params)[1][0]
+    top1.append(float(metrics['topk_top1_agreement']))
+  _, (final_logits, final_metrics) = objective(params)
   final_overlap = _overlap_at_k(final_logits, batch)
   assert np.isfinite(losses_seen).all()
   assert losses_seen[-1] < 0.5 * losses_seen[0], losses_seen
-  print('T', t_cal, 'loss', losses_seen[0], losses_seen[-1], 'overlap', overlaps[0], final_overlap,
-        'top1', float(metrics['topk_top1_agreement']))
+  # Top-k agreement: overlap of the student's top-5 with the teacher's, and top-1.
   assert final_overlap > overlaps[0] + 0.3, (overlaps[0], final_overlap)
+  assert float(final_metrics['topk_top1_agreement']) > top1[0] + 0.3, top1

@@ -95,16 +95,20 @@ def _random_segmentation(num_items: tf.Tensor, num_segments: tf.Tensor,
   return tf.math.segment_sum(tf.ones_like(segment_id), segment_id)
 
 
-def random_spans_noise_mask(length: Any, noise_density: float,
-                            mean_noise_span_length: float, seed: SeedLike,
+def random_spans_noise_mask(length: Any, noise_density: Any,
+                            mean_noise_span_length: Any, seed: SeedLike,
                             max_spans: Optional[int] = None) -> tf.Tensor:
   """Boolean noise mask [length]: spans alternate non-noise, noise, ...
 
   The number of noise tokens is round(length * noise_density) (at least 1,
   at most length - 1) and the number of spans round(noise / mean span), both as
   in T5; `max_spans` caps the spans (so sentinels stay within the extra ids).
+  `noise_density` / `mean_noise_span_length` may be float32 scalar tensors.
   """
-  check_span_params(noise_density, mean_noise_span_length)
+  if not tf.is_tensor(noise_density) and not tf.is_tensor(mean_noise_span_length):
+    check_span_params(noise_density, mean_noise_span_length)
+  noise_density = tf.cast(noise_density, tf.float32)
+  mean_noise_span_length = tf.cast(mean_noise_span_length, tf.float32)
   orig_length = tf.cast(length, tf.int32)
   length = tf.maximum(orig_length, 2)
   noise = tf.cast(tf.round(tf.cast(length, tf.float32) * noise_density), tf.int32)
@@ -146,8 +150,8 @@ def _check_tokens(tokens: Any) -> tf.Tensor:
   return tf.cast(tokens, tf.int32)
 
 
-def span_corruption(tokens: Any, *, noise_density: float,
-                    mean_noise_span_length: float, vocab_size: int,
+def span_corruption(tokens: Any, *, noise_density: Any,
+                    mean_noise_span_length: Any, vocab_size: int,
                     seed: SeedLike,
                     max_spans: Optional[int] = None) -> dict[str, tf.Tensor]:
   """T5 span corruption of a 1-D int32 `tokens` tensor (no EOS).

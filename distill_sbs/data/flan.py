@@ -219,9 +219,9 @@ def build_examples(spec: FlanSpec, variant_name: str,
   pool_fields = [(_text(r, 'id'), record_fields(spec.dataset, r)) for r in pool]
   if cot:
     pool_fields = [p for p in pool_fields if p[1]['rationale']]
-  if k and len(pool_fields) <= k:
+  if k and len(pool_fields) < k:
     raise FlanError(f'{spec.dataset} {variant_name}: {k} exemplars need a pool of '
-                    f'more than {k} records, got {len(pool_fields)}')
+                    f'at least {k} records, got {len(pool_fields)}')
   out = []
   for r in records:
     rid = _text(r, 'id')
@@ -234,8 +234,11 @@ def build_examples(spec: FlanSpec, variant_name: str,
           else template_index)
     shots = []
     if k:
-      picks = rng.sample(range(len(pool_fields)), k + 1)
+      picks = rng.sample(range(len(pool_fields)), min(k + 1, len(pool_fields)))
       shots = [pool_fields[i][1] for i in picks if pool_fields[i][0] != rid][:k]
+      if len(shots) < k:
+        raise FlanError(f'{spec.dataset} {variant_name} record {rid!r}: the pool '
+                        f'has fewer than {k} other records')
     inputs, targets = render(variant, ti, fields, shots)
     if cot and not fields['rationale']:
       targets = targets.lstrip()

@@ -165,34 +165,47 @@ def split_tokens(dataset: tf.data.Dataset, key: str,
 def _denoise_one(tokens: tf.Tensor, seed: tf.Tensor,
                  denoisers: Sequence[Denoiser], p: _Plan, vocab_size: int,
                  extra_ids: int) -> dict[str, tf.Tensor]:
-  """Picks a denoiser by rate (stateless) and applies it to one sequence."""
+  """Picks a denoiser by rate (stateless) and applies it to one sequence.
+
+  Denoiser parameters are gathered from per-denoiser tables, so only one span
+  corruption and one prefix-LM graph are traced whatever the mixture.
+  """
   choice_seed, noise_seed = dn.split_seed(seed, 2)
   rates = np.asarray([d.rate for d in denoisers], np.float64)
   logits = tf.constant(np.log(rates / rates.sum())[None], tf.float32)  # [1, D]
   index = tf.cast(tf.random.stateless_categorical(
       logits, 1, seed=choice_seed)[0, 0], tf.int32)
+  table = lambda values, dtype: tf.gather(tf.constant(values, dtype), index)
+  toks = tokens[:table(p.raw_lengths, tf.int32)]
 
-  def branch(i: int):
-    d = denoisers[i]
+  def span():
+    out = dn.span_corruption(
+        toks, noise_density=table([d.noise_density for d in denoisers], tf.float32),
+        mean_noise_span_length=table([d.mean_noise_span_length for d in denoisers],
+                                     tf.float32),
+        vocab_size=vocab_size, seed=noise_seed, max_spans=extra_ids or None)
+    return out['inputs'], out['targets']
 
-    def fn():
-      toks = tokens[:p.raw_lengths[i]]
-      if d.prefix_lm:
-        out = dn.prefix_lm(toks, seed=noise_seed,
-                           max_inputs_length=p.inputs_budgets[i],
-                           max_targets_length=p.targets_budget)
-      else:
-        out = dn.span_corruption(toks, noise_density=d.noise_density,
-                                 mean_noise_span_length=d.mean_noise_span_length,
-                                 vocab_size=vocab_size, seed=noise_seed,
-                                 max_spans=extra_ids or None)
-      mode = tf.constant(p.mode_ids[i], tf.int32, shape=[len(p.mode_ids[i])])
-      return tf.concat([mode, out['inputs']], 0), out['targets']
-    return fn
+  def prefix():
+    out = dn.prefix_lm(toks, seed=noise_seed,
+                       max_inputs_length=table(p.inputs_budgets, tf.int32),
+                       max_targets_length=p.targets_budget)
+    return out['inputs'], out['targets']
 
-  inputs, targets = tf.switch_case(
-      index, [branch(i) for i in range(len(denoisers))])
-  return {'inputs': inputs, 'targets': targets, 'denoiser_id': index}
+  kinds = {d.prefix_lm for d in denoisers}
+  if kinds == {True}:
+    inputs, targets = prefix()
+  elif kinds == {False}:
+    inputs, targets = span()
+  else:
+    inputs, targets = tf.cond(
+        table([d.prefix_lm for d in denoisers], tf.bool), prefix, span)
+  width = max(len(m) for m in p.mode_ids)
+  modes = [list(m) + [0] * (width - len(m)) for m in p.mode_ids]  # [D, width]
+  mode = tf.gather(tf.constant(modes, tf.int32, shape=[len(modes), width]),
+                   index)[:table([len(m) for m in p.mode_ids], tf.int32)]
+  return {'inputs': tf.concat([mode, inputs], 0), 'targets': targets,
+          'denoiser_id': index}
 
 
 @gin.configurable

@@ -1,8 +1,9 @@
 """Collects runs' metrics into per-run rows and mean/std over seeds; CSV I/O.
 
 Per-run row: the spec (dataset, size, method, fraction, seed), `final_step`,
-the last value of every numeric key of `metrics.jsonl`, and the run's test
-evaluation (`eval_results.json`) with a `test_` prefix. Output is
+the last value of every numeric key of `metrics.jsonl`, the wall seconds the
+sweep recorded (`train_seconds`, `eval_seconds`) and the run's test evaluation
+(`eval_results.json`) with a `test_` prefix. Output is
 deterministic: rows sorted, floats written with `repr`, so recomputing an
 aggregate from the same runs gives byte-identical files.
 """
@@ -33,6 +34,10 @@ def run_row(spec: runs_lib.RunSpec, model_dir: os.PathLike | str) -> dict[str, A
     for k, v in runs_lib.last_values(records).items():
       if k != 'step':
         row[k] = v
+  done = runs_lib.read_done(model_dir) or {}
+  for k, v in sorted((done.get('wall') or {}).items()):
+    if runs_lib.is_number(v):
+      row[k] = float(v)  # wall seconds of training / evaluation (sweep marker)
   eval_path = model_dir / runs_lib.EVAL_FILE
   if eval_path.exists():
     try:

@@ -43,7 +43,8 @@ class DemoConfig:
     methods: the compared methods (`methods.METHODS` names).
     train_steps / batch_size: the shared training budget of every method.
     learning_rate: constant learning rate (Adafactor, as the gin file says).
-    input_length / target_length: TASK_FEATURE_LENGTHS (SentencePiece tokens).
+    input_length / target_length: TASK_FEATURE_LENGTHS (SentencePiece tokens)
+      of tasks with rationales; label_length: targets of label-only tasks.
     vocab_size: SentencePiece pieces ('0' = bytes, no SentencePiece).
     max_train_examples / max_test_examples: data caps (None = all).
     work_dir: prepared data, vocabulary and run dirs.
@@ -52,16 +53,17 @@ class DemoConfig:
     gin_file: the experiment gin (model + run) both methods train with.
     extra_bindings: more `KEY=VALUE` gin bindings for both runs.
   """
-  dataset: str = 'cqa'
+  dataset: str = 'esnli'
   methods: Sequence[str] = ('standard_finetune', 'sbs_gold')
-  train_steps: int = 1500
+  train_steps: int = 1200
   batch_size: int = 32
   learning_rate: float = 0.01
-  input_length: int = 128
-  target_length: int = 64
+  input_length: int = 72
+  target_length: int = 40
+  label_length: int = 8
   vocab_size: int = 2000
   max_train_examples: Optional[int] = None
-  max_test_examples: Optional[int] = 500
+  max_test_examples: Optional[int] = 1000
   work_dir: str = 'runs/demo'
   report_dir: str = 'reports/demo'
   seed: int = 0
@@ -69,12 +71,19 @@ class DemoConfig:
   extra_bindings: Sequence[str] = ()
 
   def bindings(self) -> list[str]:
-    feats = f"{{'inputs': {self.input_length}, 'targets': {self.target_length}}}"
-    return [f'TASK_FEATURE_LENGTHS={feats}', f'BATCH_SIZE={self.batch_size}',
-            f'LEARNING_RATE={self.learning_rate}',
-            f'EVAL_PERIOD={self.train_steps}', f'CHECKPOINT_PERIOD={self.train_steps}',
-            f'LOG_PERIOD={max(1, self.train_steps // 30)}',
+    """Gin bindings shared by every method."""
+    return [f'BATCH_SIZE={self.batch_size}', f'LEARNING_RATE={self.learning_rate}',
+            f'EVAL_PERIOD={max(1, self.train_steps // 4)}',
+            f'CHECKPOINT_PERIOD={self.train_steps}',
+            f'LOG_PERIOD={max(1, self.train_steps // 40)}',
+            'train_loop.train.infer_eval_dataset_cfg=None',  # the demo tests itself
             *self.extra_bindings]
+
+  def feature_lengths(self, method: methods_lib.Method) -> str:
+    """Label-only tasks need short targets; rationale tasks `target_length`."""
+    label_only = '_label_' in method.task + '_'
+    tgt = self.label_length if label_only else self.target_length
+    return f"TASK_FEATURE_LENGTHS={{'inputs': {self.input_length}, 'targets': {tgt}}}"
 
 
 def _stage(i: int, n: int, what: str, log: Callable[[str], None]) -> float:
@@ -136,7 +145,11 @@ def vocab_total_size(spm_model: Optional[pathlib.Path]) -> int:
 
 def sweep_config(cfg: DemoConfig, spm_model: Optional[pathlib.Path]) -> sweep.SweepConfig:
   vocab_bindings = [f'VOCAB_SIZE={vocab_total_size(spm_model)}']
-  overrides = {m: {'gin_files': [cfg.gin_file]} for m in cfg.methods}
+  overrides = {}
+  for m in methods_lib.resolve(cfg.methods):
+    filled = m.fill(cfg.dataset, 'tiny', 1.0)
+    overrides[m.name] = {'gin_files': [cfg.gin_file],
+                         'bindings': [*m.bindings, cfg.feature_lengths(filled)]}
   eval_bindings = [f'{sweep.EVAL_FN}.max_decode_length={cfg.target_length}',
                    f'{sweep.EVAL_FN}.input_length={cfg.input_length}']
   if cfg.max_test_examples:
@@ -157,15 +170,15 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
   out.mkdir(parents=True, exist_ok=True)
   planned = sweep.plan(scfg)
   rows = aggregate.collect([(r.spec, r.model_dir) for r in planned])
-  for row in rows:
-    row['train_seconds'] = timings.get(f'train:{row["method"]}', float('nan'))
   aggregate.write_csv(rows, out / 'results.csv')
-  methods = methods_lib.resolve(cfg.methods, scfg.method_overrides)
+  methods = [m.fill(cfg.dataset, 'tiny', 1.0)
+             for m in methods_lib.resolve(cfg.methods, scfg.method_overrides)]
   order = {m.name: i for i, m in enumerate(methods)}
   rows = sorted(rows, key=lambda r: order[r['method']])
   curves = {r.spec.method: runs_lib.read_metrics(r.model_dir / runs_lib.METRICS_FILE)
             for r in planned}
-  plots.plot_training_curves(curves, out / 'training_curves.png')
+  plots.plot_training_curves(curves, out / 'training_curves.png',
+                             ('loss', 'validation/loss', 'accuracy'))
   plots.plot_metric_by_method(rows, out / 'accuracy_by_method.png', 'test_accuracy',
                               title=f'{cfg.dataset} test accuracy (%)')
   panels, eces = {}, {}
@@ -201,17 +214,23 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
           f'vocabulary: ' + (f'SentencePiece {cfg.vocab_size} pieces trained on the '
                              'training split' if cfg.vocab_size else 'bytes') + '.',
           f'- same budget for every method: {cfg.train_steps} steps, batch {cfg.batch_size}, '
-          f'learning rate {cfg.learning_rate}, input/target lengths '
-          f'{cfg.input_length}/{cfg.target_length}, seed {cfg.seed}.',
+          f'learning rate {cfg.learning_rate}, seed {cfg.seed}; input length '
+          f'{cfg.input_length}, target length {cfg.label_length} (labels) / '
+          f'{cfg.target_length} (with rationales).',
           *(f'- `{m.name}`: {m.description} (train task `{m.task}`, tested on '
             f'`{m.eval_task}`).' for m in methods),
-          f'- total wall time {timings.get("total", float("nan")):.0f} s.'])),
+          f'- wall time of this invocation {timings.get("total", float("nan")):.0f} s '
+          '(runs that had finished before are reused; per-run training and '
+          'evaluation seconds are in `results.csv`).'])),
       ('Results', md + '\n\n' + '\n'.join(verdict) + '\n\naccuracy: greedy decoding, '
        'normalised exact match (the paper\'s metric); rank acc: the candidate label '
        'with the highest sequence log-probability; ECE (10 equal-width bins) and Brier '
        'from the softmax over candidates (SVAMP: probability of the greedy output).'),
       ('Accuracy by method', report.image('accuracy_by_method.png', 'accuracy by method')),
-      ('Training curves', report.image('training_curves.png', 'training curves')),
+      ('Training curves', report.image('training_curves.png', 'training curves') +
+       '\n\nLoss and token accuracy of the training objective: for step-by-step it '
+       'includes the rationale tokens, so its curves are not comparable in level with '
+       'label-only training.'),
       ('Reliability diagrams', report.image('reliability.png', 'reliability diagrams')),
       ('Reading this', 'A tiny student trained from scratch for minutes on 2 CPU cores is far '
        'from the paper\'s pretrained T5 (220M–11B) students; differences of a few points '
@@ -228,19 +247,36 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
   return path, txt
 
 
+_ENV_KEYS = ('DISTILL_SBS_DATA_DIR', 'DISTILL_SBS_SPM_PATH')
+
+
 def run_demo(cfg: DemoConfig, *, fresh: bool = False,
              runner: sweep.Runner = sweep.subprocess_runner,
              log: Callable[[str], None] = lambda s: print(s, flush=True)) -> pathlib.Path:
-  """Runs every stage; returns the report path."""
+  """Runs every stage; returns the report path. The data dir and vocabulary
+  reach the runs through the environment, restored on return."""
+  saved = {k: os.environ.get(k) for k in _ENV_KEYS}
+  try:
+    return _run_demo(cfg, fresh, runner, log)
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+def _run_demo(cfg: DemoConfig, fresh: bool, runner: sweep.Runner,
+              log: Callable[[str], None]) -> pathlib.Path:
   t_start = time.monotonic()
   timings: dict[str, float] = {}
   if fresh and pathlib.Path(cfg.work_dir).exists():
     shutil.rmtree(cfg.work_dir)
   n = 3 + len(cfg.methods)
-  t = _stage(1, n, f'data: {cfg.dataset}', log)
+  _stage(1, n, f'data: {cfg.dataset}', log)
   data_dir = prepare_data(cfg, log)
   os.environ['DISTILL_SBS_DATA_DIR'] = str(data_dir)
-  t = _stage(2, n, 'vocabulary', log)
+  _stage(2, n, 'vocabulary', log)
   spm_model = train_vocabulary(cfg, data_dir, log)
   if spm_model:
     os.environ['DISTILL_SBS_SPM_PATH'] = str(spm_model)
@@ -249,12 +285,11 @@ def run_demo(cfg: DemoConfig, *, fresh: bool = False,
   timings['data'] = time.monotonic() - t_start
   scfg = sweep_config(cfg, spm_model)
   for i, run in enumerate(sweep.plan(scfg)):
-    t = _stage(3 + i, n, f'train + evaluate `{run.spec.method}` '
-               f'({cfg.train_steps} steps; log {run.model_dir}/train.log)', log)
+    _stage(3 + i, n, f'train + evaluate `{run.spec.method}` '
+           f'({cfg.train_steps} steps; log {run.model_dir}/train.log)', log)
     one = dataclasses.replace(scfg, methods=(run.spec.method,))
     sweep.execute(one, runner=runner, log=lambda s: log('  ' + s))
-    timings[f'train:{run.spec.method}'] = time.monotonic() - t
-  t = _stage(n, n, f'report: {cfg.report_dir}', log)
+  _stage(n, n, f'report: {cfg.report_dir}', log)
   timings['total'] = time.monotonic() - t_start
   path, table = write_demo_report(cfg, scfg, timings)
   log(f'\n{table}\n\nreport: {path.resolve()} ({timings["total"]:.0f} s)')

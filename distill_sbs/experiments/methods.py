@@ -43,12 +43,19 @@ class Method:
     pct = float(fraction) * 100
     keys = dict(dataset=dataset, size=size, pct=f'{round(pct, 6):g}',
                 frac=splits.fraction_name(pct))
-    fmt = lambda s: s.format(**keys)
+    fmt = lambda s: _fill(s, keys)
     task = fmt(self.task)
     return dataclasses.replace(
         self, gin_files=tuple(fmt(g) for g in self.gin_files), task=task,
-        fraction_task=self.fraction_task.format(task=task, **keys),
+        fraction_task=_fill(self.fraction_task, dict(keys, task=task)),
         bindings=tuple(fmt(b) for b in self.bindings), eval_task=fmt(self.eval_task))
+
+
+def _fill(template: str, keys: Mapping[str, str]) -> str:
+  """Replaces only `{key}` of known keys (gin dict literals keep their braces)."""
+  for k, v in keys.items():
+    template = template.replace('{' + k + '}', v)
+  return template
 
 
 _SBS = 'gin/sbs/{dataset}_{size}.gin'

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -182,11 +183,16 @@ class Runner(Protocol):
     ...
 
 
+_NOISE = re.compile(r'^([IWEF]\d{4} |WARNING: All log messages|\$ )')
+
+
 def _last_line(path: pathlib.Path) -> Optional[str]:
+  """The log's last line that is not absl/TF logging noise."""
   try:
     with open(path, 'rb') as f:
-      f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-      lines = [l for l in f.read().decode('utf-8', 'replace').splitlines() if l.strip()]
+      f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+      lines = [l for l in f.read().decode('utf-8', 'replace').splitlines()
+               if l.strip() and not _NOISE.match(l)]
     return lines[-1][:160] if lines else None
   except OSError:
     return None
@@ -234,7 +240,7 @@ def train_progress(model_dir: pathlib.Path, total_steps: int
   def status() -> Optional[str]:
     line = _last_line(path)
     if not line:
-      return 'starting (compiling)'
+      return 'starting (imports, input pipeline, compilation)'
     try:
       rec = json.loads(line)
       step = int(rec['step'])
@@ -268,12 +274,17 @@ def execute(config: SweepConfig, runner: Runner = subprocess_runner,
       status['skipped'].append(run.spec)
       continue
     log(f'{head}: training ({time.monotonic() - t0:.0f}s elapsed)')
+    seconds = {}
     try:
+      t = time.monotonic()
       runner(run.train_argv, run.model_dir / 'train.log',
              progress=train_progress(run.model_dir, config.train_steps))
+      seconds['train_seconds'] = round(time.monotonic() - t, 1)
       if run.eval_argv:
         log(f'{head}: evaluating on the test split')
+        t = time.monotonic()
         runner(run.eval_argv, run.model_dir / 'eval.log')
+        seconds['eval_seconds'] = round(time.monotonic() - t, 1)
     except Exception as e:  # pylint: disable=broad-except
       status['failed'].append(run.spec)
       if not config.keep_going:
@@ -281,7 +292,8 @@ def execute(config: SweepConfig, runner: Runner = subprocess_runner,
       log(f'{head}: FAILED ({e}); continuing (keep_going)')
       continue
     runs_lib.mark_done(run.model_dir, run.spec,
-                       {'signature': run.signature, 'argv': list(run.train_argv[1:])})
+                       {'signature': run.signature, 'argv': list(run.train_argv[1:]),
+                        'wall': seconds})
     status['ran'].append(run.spec)
   return status
 

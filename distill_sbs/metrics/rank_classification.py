@@ -133,3 +133,39 @@ def tokenize_candidates(vocabulary: Any, candidates: list[str], *,
   for i, s in enumerate(seqs):
     out[i, :len(s)] = s
   return out
+
+
+def rank_classification_metrics(targets: Any, scores: Any, num_bins: int = 10
+                                ) -> dict[str, float]:
+  """seqio score metric over candidate rows (see `tasks/first.py` rank tasks).
+
+  Args:
+    targets: per scored row `(example_index, candidate_index, is_correct)`
+      (what the rank tasks' postprocessor returns for targets).
+    scores: per row the summed target log-probability (the model's score).
+  Returns:
+    as `calibration_report` ('accuracy' in percent).
+  """
+  rows = [(int(t[0]), int(t[1]), bool(t[2]), float(s)) for t, s in zip(targets, scores)]
+  if len(rows) != len(scores) or not rows:
+    raise ValueError(f'{len(targets)} targets for {len(scores)} scores')
+  by_ex: dict[int, dict[int, tuple[bool, float]]] = {}
+  for ex, cand, ok, s in rows:
+    by_ex.setdefault(ex, {})[cand] = (ok, s)
+  sizes = {len(c) for c in by_ex.values()}
+  width = max(sizes)
+  log_probs = np.full((len(by_ex), width), -np.inf)
+  gold = np.zeros(len(by_ex), np.int64)
+  for i, ex in enumerate(sorted(by_ex)):
+    cands = by_ex[ex]
+    for j, cand in enumerate(sorted(cands)):
+      log_probs[i, j] = cands[cand][1]
+    correct = [j for j, cand in enumerate(sorted(cands)) if cands[cand][0]]
+    if len(correct) != 1:
+      raise ValueError(f'example {ex}: {len(correct)} correct candidates (need exactly 1)')
+    gold[i] = correct[0]
+  z = log_probs - log_probs.max(axis=1, keepdims=True)
+  probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+  out = calibration.calibration_summary(probs, gold, num_bins=num_bins)
+  out['accuracy'] = 100.0 * out['accuracy']
+  return out

@@ -88,12 +88,34 @@ def t5x_to_project(t5x_path: str, model_dir: str, step: Optional[int] = None) ->
   return os.path.join(ckptr.directory, str(out_step))
 
 
+T5X_LEGACY_VERSION = 3  # t5x.checkpoints.VERSION
+
+
+def write_t5x_params_checkpoint(checkpoint_dir: str, params: Any, step: int = 0) -> None:
+  """T5X's legacy layout with the parameters only: a msgpack `checkpoint` file
+  `{'version': 3, 'optimizer': {'target': params, 'state': {'step': step,
+  'param_states': {}}}}` (arrays inline). T5X restores it with the optimizer
+  state dropped and re-initialised (docs/t5x.md)."""
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  os.makedirs(checkpoint_dir, exist_ok=True)
+  target = jax.tree.map(np.asarray, dict(params))
+  contents = {'version': T5X_LEGACY_VERSION,
+              'optimizer': {'target': target,
+                            'state': {'step': np.asarray(step, np.int32),
+                                      'param_states': {}}}}
+  tmp = os.path.join(checkpoint_dir, 'checkpoint.tmp')
+  with open(tmp, 'wb') as f:
+    f.write(serialization.msgpack_serialize(contents))
+  os.replace(tmp, os.path.join(checkpoint_dir, 'checkpoint'))
+
+
 def project_to_t5x(project_path: str, t5x_dir: str, step: int = 0) -> str:
   """Writes the parameters at `project_path` (a project run / step directory, a
   Hugging Face directory, ...) as T5X legacy `t5x_dir/checkpoint_<step>`."""
   params = project_checkpoints.read_params(project_path)
   out = os.path.join(os.path.abspath(os.path.expanduser(t5x_dir)), f'checkpoint_{step}')
-  project_checkpoints.write_t5x_checkpoint(out, params, step=step)
+  write_t5x_params_checkpoint(out, params, step=step)
   return out
 
 

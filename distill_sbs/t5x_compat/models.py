@@ -16,8 +16,6 @@ model:
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Mapping, Optional, Union
 
 from clu import metrics as clu_metrics
@@ -148,45 +146,28 @@ class SbsEncoderDecoderModel(ProjectLossEncoderDecoderModel):
     return out
 
 
-def read_teacher_temperature(value: Union[float, str]) -> float:
-  """A temperature, or a JSON file holding one (key `temperature`, e.g. the
-  output of the project's calibration step)."""
-  if isinstance(value, (int, float)):
-    t = float(value)
-    src = 'teacher_temperature'
-  else:
-    path = os.path.expanduser(str(value))
-    try:
-      with open(path) as f:
-        data = json.load(f)
-    except (OSError, ValueError) as e:
-      raise ValueError(f'teacher_temperature: cannot read JSON file {path!r}: {e}') from e
-    if not isinstance(data, dict) or 'temperature' not in data:
-      raise ValueError(f"teacher_temperature: {path!r} has no 'temperature' field")
-    t = float(data['temperature'])
-    src = f'{path}: temperature'
-  if not t > 0:
-    raise ValueError(f'{src} must be > 0, got {t!r}')
-  return t
-
-
 class FirstEncoderDecoderModel(ProjectLossEncoderDecoderModel):
   """FIRST: KL(calibrated teacher top-k ‖ student) + optional gold CE.
 
-  `teacher_temperature` (a float or a JSON file with a `temperature` field) is
-  the temperature fitted on the teacher (FIRST's calibration), applied to the
-  stored teacher top-k log-probs. Batches carry `decoder_topk_ids` /
-  `decoder_topk_logprobs` [batch, length, k] (`TopKFeatureConverter`).
+  The loss is `losses.TopKDistillLoss` (gin: `loss_fn = %LOSS_FN`, whose
+  `teacher_temperature = @topk.teacher_temperature()` reads the calibrated T
+  from the records' manifest, as the project's trainer does);
+  `teacher_temperature` / `kl_weight`, when given, override those fields.
+  Batches carry `decoder_topk_ids` / `decoder_topk_logprobs` [batch, length, k]
+  (`TopKFeatureConverter`).
   """
 
   FEATURE_CONVERTER_CLS = feature_converters.TopKFeatureConverter
 
   def __init__(self, module, input_vocabulary, output_vocabulary, optimizer_def,
-               teacher_temperature: Union[float, str, None] = None,
+               teacher_temperature: Optional[float] = None,
                kl_weight: Optional[float] = None,
                loss_fn: Optional[losses.LossFn] = None, **kwargs):
+    if teacher_temperature is not None and not float(teacher_temperature) > 0:
+      raise ValueError('FirstEncoderDecoderModel.teacher_temperature must be > 0, '
+                       f'got {teacher_temperature!r}')
     self._teacher_temperature = (None if teacher_temperature is None
-                                 else read_teacher_temperature(teacher_temperature))
+                                 else float(teacher_temperature))
     self._kl_weight = kl_weight
     super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
                      loss_fn=None if loss_fn is None else self._override(loss_fn),

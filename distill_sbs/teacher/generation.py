@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
@@ -55,6 +57,9 @@ class GenerationConfig:
   part_seconds: float = 30.0         # ... or flush a part this often
   keep_parse_failures: bool = True   # write unparsable examples (empty label)
   progress: bool = True
+  # Prepared splits copied unchanged into out_dir (e.g. ('validation', 'test'))
+  # so out_dir is a complete `records_dir` for `tasks.sbs.register_sbs_tasks`.
+  copy_splits: Sequence[str] = ()
 
   def __post_init__(self):
     if not self.out_dir:
@@ -64,6 +69,9 @@ class GenerationConfig:
     if not self.dataset and not self.prompt_file:
       raise ValueError('--input_jsonl without --dataset needs --prompt_file '
                        '(its "dataset" names the format and parser)')
+    object.__setattr__(self, 'copy_splits', tuple(self.copy_splits))
+    if self.split in self.copy_splits:
+      raise ValueError(f'--copy_splits must not include the generated split {self.split!r}')
     if self.max_examples < 0:
       raise ValueError(f'--max_examples must be >= 0, got {self.max_examples}')
 
@@ -262,14 +270,62 @@ def _manifest(config, ds, spec, style, backend, sampling, examples, index,
   }
 
 
+def check_job(out_dir: str, split: str, job: dict) -> None:
+  """Records what generates into `out_dir`; a rerun must match (no mixing of
+  teachers, prompts or sampling settings in one output)."""
+  path = os.path.join(out_dir, f'.job-{split}.json')
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      old = json.load(f)
+    diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+    if diff:
+      raise ValueError(f'{out_dir} holds a generation job with different {diff} '
+                       f'(stored {[old.get(k) for k in diff]}, now '
+                       f'{[job.get(k) for k in diff]}); use a new --out_dir')
+    return
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(job, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def copy_prepared_splits(config: GenerationConfig, ds: str) -> list[str]:
+  """Copies `config.copy_splits` shards from the prepared data dir into out_dir."""
+  copied = []
+  for split in config.copy_splits:
+    files = sorted(glob.glob(paths.split_pattern(ds, split, config.data_dir)))
+    if not files:
+      raise FileNotFoundError(f'--copy_splits: no prepared {ds}/{split} records match '
+                              f'{paths.split_pattern(ds, split, config.data_dir)}')
+    for old in glob.glob(os.path.join(config.out_dir, schema.shard_pattern(split))):
+      os.remove(old)
+    for f in files:
+      dst = os.path.join(config.out_dir, os.path.basename(f))
+      shutil.copyfile(f, dst + '.tmp')
+      os.replace(dst + '.tmp', dst)
+      copied.append(os.path.basename(f))
+  return copied
+
+
 def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
   """Generates what is missing, then writes the shards and the manifest."""
   t0 = time.monotonic()
   spec = prompts_lib.load_spec(config.dataset, config.prompt_file)
   ds = spec.dataset
   style = 'chat' if config.chat else 'completion'
+  if not config.input_jsonl:
+    src_dir = paths.dataset_dir(ds, config.data_dir)
+    if os.path.abspath(config.out_dir) == os.path.abspath(src_dir):
+      raise ValueError(f'--out_dir={config.out_dir!r} is the prepared dataset directory; '
+                       'choose another directory (it would overwrite its manifest)')
+  if config.copy_splits and config.input_jsonl:
+    raise ValueError('--copy_splits needs --dataset inputs, not --input_jsonl')
   examples = load_examples(config, ds)
   os.makedirs(config.out_dir, exist_ok=True)
+  check_job(config.out_dir, config.split, {
+      'dataset': ds, 'split': config.split, 'backend': backend.name,
+      'model': backend.model, 'prompt_hash': spec.hash(style),
+      'sampling': sampling.as_json(), 'source': config.input_jsonl or 'prepared'})
   store = store_lib.PartStore(config.out_dir, config.split, part_size=config.part_size,
                               part_seconds=config.part_seconds)
   done = store.done_ids()
@@ -311,6 +367,7 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
   stored = store.done_ids()
   failed_ids = {ex.id for ex in examples if ex.id not in stored}
   files, index = finalize(config, store, examples)
+  files += copy_prepared_splits(config, ds)
   run_wall = time.monotonic() - t0
   manifest = _manifest(config, ds, spec, style, backend, sampling, examples, index,
                        files, store, failed_ids, run_wall, run_tokens)

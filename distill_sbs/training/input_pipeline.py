@@ -9,6 +9,7 @@ the batches the interrupted run had used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from typing import Any, Iterator, Mapping, Optional
 
@@ -61,12 +62,48 @@ def get_dataset(cfg: DatasetConfig, model: Any, *, num_epochs: Optional[int] = N
     raise ValueError(f'DatasetConfig.batch_size={cfg.batch_size} is not divisible by '
                      f'the {shard_info.num_shards} data shards (processes)')
   local_batch = cfg.batch_size // shard_info.num_shards
+  converter = feature_converter(cfg, model)
   ds = seqio.get_dataset(
       cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-      feature_converter=feature_converter(cfg, model), dataset_split=cfg.split,
+      feature_converter=converter, dataset_split=cfg.split,
       use_cached=cfg.use_cached, shuffle=cfg.shuffle, num_epochs=num_epochs,
       shard_info=shard_info, verbose=False, seed=cfg.seed, batch_size=None)
+  ds = ds.map(functools.partial(_static_lengths,
+                                lengths=model_feature_lengths(converter, cfg)),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch, drop_remainder=drop_remainder)
+
+
+def model_feature_lengths(converter: seqio.FeatureConverter, cfg: DatasetConfig
+                          ) -> dict[str, int]:
+  """Per-feature lengths: the converter's, else encoder_* → inputs and
+  decoder_* → targets lengths."""
+  lengths = dict(cfg.task_feature_lengths)
+  try:
+    out = dict(converter.get_model_feature_lengths(lengths))
+  except Exception:  # pylint: disable=broad-except
+    out = {}
+  out.setdefault('_encoder', lengths.get('inputs'))
+  out.setdefault('_decoder', lengths.get('targets'))
+  return out
+
+
+def _static_lengths(ex: Mapping[str, tf.Tensor], lengths: Mapping[str, int]
+                    ) -> dict[str, tf.Tensor]:
+  """Pads / trims dynamic leading dims so batches have static shapes."""
+  out = {}
+  for k, v in ex.items():
+    if v.shape.rank and v.shape[0] is None:
+      n = lengths.get(k) or lengths['_encoder' if k.startswith('encoder') else '_decoder']
+      if n is None:
+        raise ValueError(f'feature {k!r} has no known length; add it to '
+                         'TASK_FEATURE_LENGTHS')
+      v = v[:n]
+      pad = [[0, n - tf.shape(v)[0]]] + [[0, 0]] * (v.shape.rank - 1)
+      v = tf.pad(v, pad)
+      v = tf.ensure_shape(v, [n] + v.shape.as_list()[1:])
+    out[k] = v
+  return out
 
 
 class BatchIterator:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distill_sbs import models
-from tests.models.conftest import padded_batch, shift_right
+from tests.models.helpers import padded_batch, shift_right
 
 
 def hf_logits(model, inputs, targets):
@@ -71,3 +71,21 @@ def test_save_round_trip_gives_identical_hf_logits(hf_dir, tmp_path):
 def jax_leaves(tree):
   import jax
   return jax.tree_util.tree_leaves(tree)
+
+
+def test_greedy_matches_transformers_generate(hf_dir):
+  _, path, model = hf_dir
+  config, params = models.load_hf_checkpoint(path)
+  inputs, _ = padded_batch(seed=2, batch=4)
+  tokens, log_probs = models.generate(config, params, inputs, max_decode_length=10)
+  with torch.no_grad():
+    # use_cache=False: transformers' cache assumes num_decoder_layers == num_layers.
+    ref = model.generate(input_ids=torch.tensor(inputs, dtype=torch.long),
+                         attention_mask=torch.tensor(inputs > 0, dtype=torch.long),
+                         do_sample=False, num_beams=1, max_new_tokens=10,
+                         use_cache=False).numpy()[:, 1:]  # drop the start token
+  ref = np.pad(ref, ((0, 0), (0, 10 - ref.shape[1])))  # HF pads finished rows with 0
+  np.testing.assert_array_equal(np.asarray(tokens), ref)
+  # HF's per-token scores of its own output sum to our sequence log-probs.
+  np.testing.assert_allclose(
+      np.asarray(models.score(config, params, inputs, ref)).sum(-1), log_probs, atol=1e-4)

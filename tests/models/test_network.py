@@ -12,7 +12,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from distill_sbs import models
 from distill_sbs.training import partitioning
-from tests.models.conftest import random_params
+from tests.models.helpers import random_params
 
 TINY = models.T5Config(vocab_size=64, emb_dim=16, num_heads=2, head_dim=8,
                        num_encoder_layers=2, num_decoder_layers=2, mlp_dim=24,

@@ -117,7 +117,8 @@ def test_retry_after_is_honoured_and_4xx_is_not_retried(cqa_teacher, tmp_path, m
   assert manifest['counts']['failed'] == 0 and manifest['runs'] == 2
 
 
-def test_self_consistency_votes_and_keeps_an_agreeing_rationale(tmp_path, monkeypatch):
+@pytest.mark.parametrize('via_n', [True, False])
+def test_self_consistency_votes_and_keeps_an_agreeing_rationale(tmp_path, monkeypatch, via_n):
   monkeypatch.setenv(KEY_ENV, SECRET)
   rows = tmp_path / 'in.jsonl'
   rows.write_text(''.join(json.dumps({'id': f'q{i}', 'input': f'Tom has {i} apples.\nHow many?',
@@ -127,7 +128,7 @@ def test_self_consistency_votes_and_keeps_an_agreeing_rationale(tmp_path, monkey
 
   def teacher(prompt, body):
     i = int(query_of(prompt).split()[2])
-    assert body['n'] == 5 and body['temperature'] == 0.7
+    assert body['n'] == (5 if via_n else 1) and body['temperature'] == 0.7
     teacher.calls += 1
     ans = answers[(teacher.calls - 1) % 5].format(i=i)
     return f'Sample {teacher.calls}. The answer is {ans}.' if ans != 'nothing' else 'hmm'
@@ -135,8 +136,9 @@ def test_self_consistency_votes_and_keeps_an_agreeing_rationale(tmp_path, monkey
   config = generation.GenerationConfig(out_dir=str(tmp_path / 'o'), dataset='svamp',
                                        input_jsonl=str(rows), progress=False)
   with LoopbackServer(teacher) as server:
-    manifest = generation.run(config, _backend(server, concurrency=1),
+    manifest = generation.run(config, _backend(server, concurrency=1, samples_via_n=via_n),
                               base.SamplingConfig(num_samples=5, temperature=0.7))
+  assert server.served['ok'] == (3 if via_n else 15)
   records = list(schema.read_records(str(tmp_path / 'o' / 'train.tfrecord-*')))
   assert len(records) == 3
   for r in records:

@@ -105,3 +105,21 @@ def test_self_consistency_samples_differ(backend):
   assert len(r.completions) == 2
   a, b = (c.target_ids for c in r.completions)
   assert len(a) != len(b) or np.any(a != b)
+
+
+def test_our_own_checkpoint_gives_the_same_generations(backend, teacher_dir, tmp_path):
+  """A non-HF checkpoint (T5X layout via training.checkpoints) + gin-style model_config."""
+  from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
+  _, params = models.load_hf_checkpoint(teacher_dir)
+  checkpoints.write_t5x_checkpoint(str(tmp_path / 'ckpt'), params, tensorstore_min_size=1 << 30)
+  with pytest.raises(ValueError, match='model_config'):
+    local_t5.LocalT5Backend(str(tmp_path / 'ckpt'))
+  ours = local_t5.LocalT5Backend(str(tmp_path / 'ckpt'), model_config=CONFIG, batch_size=4,
+                                 k=K, max_input_length=128)
+  prompts = [Prompt(id='p', text=_long_prompt(11))]
+  sampling = base.SamplingConfig(max_tokens=MAX_TOKENS)
+  (a,) = ours.generate_batch(prompts, sampling)
+  (b,) = backend.generate_batch(prompts, sampling)
+  np.testing.assert_array_equal(a.completions[0].target_ids, b.completions[0].target_ids)
+  np.testing.assert_allclose(a.completions[0].topk_logprobs, b.completions[0].topk_logprobs,
+                             atol=1e-5)

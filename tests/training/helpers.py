@@ -88,6 +88,7 @@ MIXTURE_OR_TASK_NAME = 'test_cqa_32'
 TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 16}
 BATCH_SIZE = 8
 DROPOUT_RATE = 0.0
+LEARNING_RATE = 0.01
 train/input_pipeline.DatasetConfig.module = 'tiny_tasks'
 validation/input_pipeline.DatasetConfig.module = 'tiny_tasks'
 evaluation.EvalConfig.module = 'tiny_tasks'
