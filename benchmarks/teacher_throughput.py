@@ -64,7 +64,8 @@ def _count_generated(tokens: np.ndarray) -> int:
   return total
 
 
-def bench_local(size: str, batch: int, input_len: int, decode: int, repeats: int) -> dict:
+def bench_local(size: str, batch: int, input_len: int, decode: int, repeats: int,
+                torch_threads: int = 1) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
@@ -105,8 +106,11 @@ def bench_local(size: str, batch: int, input_len: int, decode: int, repeats: int
     our_tokens = ours()
   our_s = (time.perf_counter() - t0) / repeats
 
-  # transformers PyTorch on the same weights / batch.
+  # transformers PyTorch on the same weights / batch. On a shared CPU, intra-op
+  # threads > 1 can be ~30x slower from oversubscription; --torch_threads sets it.
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  if torch_threads > 0:
+    torch.set_num_threads(torch_threads)
   hf = transformers.T5ForConditionalGeneration.from_pretrained(path).eval().to(device)
   ids = torch.tensor(inputs, dtype=torch.long, device=device)
   mask = torch.ones_like(ids)
@@ -143,6 +147,7 @@ def bench_local(size: str, batch: int, input_len: int, decode: int, repeats: int
   backend_n = sum(c.num_tokens for r in res for c in r.completions)
   return {'size': size, 'batch': batch, 'input_len': input_len, 'max_decode': decode,
           'devices': ndev, 'jax_backend': jax.default_backend(), 'torch_device': device,
+          'torch_threads': torch.get_num_threads(),
           'ours_s': our_s, 'ours_tokens': our_n, 'ours_tok_per_s': our_n / our_s,
           'hf_s': hf_s, 'hf_tokens': hf_n, 'hf_tok_per_s': hf_n / hf_s,
           'ratio_ours_over_hf': (our_n / our_s) / (hf_n / hf_s),
@@ -174,6 +179,8 @@ def main(argv=None) -> int:
   ap.add_argument('--input_len', type=int, default=64)
   ap.add_argument('--decode', type=int, default=64)
   ap.add_argument('--repeats', type=int, default=3)
+  ap.add_argument('--torch_threads', type=int, default=1,
+                  help='torch intra-op threads for the CPU baseline (0 = torch default)')
   ap.add_argument('--skip_http', action='store_true')
   ap.add_argument('--skip_local', action='store_true')
   ap.add_argument('--json', default=None)
@@ -188,11 +195,12 @@ def main(argv=None) -> int:
       print(f'{r["concurrency"]:11d} {r["requests"]:8d} {r["req_per_s"]:8.1f} '
             f'{r["ideal_req_per_s"]:8.1f} {100 * r["fraction_of_ideal"]:7.1f}%')
   if not args.skip_local:
-    r = bench_local(args.size, args.batch, args.input_len, args.decode, args.repeats)
+    r = bench_local(args.size, args.batch, args.input_len, args.decode, args.repeats,
+                    args.torch_threads)
     out['local'] = r
     print(f'(b) local T5 ({r["size"]}, batch {r["batch"]}, input {r["input_len"]}, '
           f'decode {r["max_decode"]}; jax {r["jax_backend"]} x{r["devices"]}, '
-          f'torch {r["torch_device"]})')
+          f'torch {r["torch_device"]} x{r["torch_threads"]} threads)')
     print(f'    ours (jax generate)     {r["ours_tok_per_s"]:10.1f} tokens/s '
           f'({r["ours_tokens"]} tokens, {r["ours_s"]:.3f} s)')
     print(f'    transformers generate   {r["hf_tok_per_s"]:10.1f} tokens/s '

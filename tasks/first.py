@@ -1,21 +1,24 @@
-"""FIRST SeqIO tasks: inputs → teacher target tokens with the teacher top-k.
+"""FIRST SeqIO tasks and mixtures, and rank-classification evaluation tasks.
 
-Default registrations (records read at `get_dataset` time, so
-`$DISTILL_SBS_DATA_DIR` may be set after import):
-  first_{ds}      FIRST: records in `{data_dir}/first/{ds}/{split}.tfrecord-*`
-                  written by a teacher answering with the label only
-                  (`generate_rationales --backend=local --out_dir=...`);
-                  targets = the teacher's answer tokens, top-k at every token.
-  first_{ds}_cot  FIRST + step-by-step rationales: records in
-                  `{data_dir}/first/{ds}_cot` from a chain-of-thought teacher;
-                  targets = rationale + answer, top-k at every token.
-Other record directories: `register_first_tasks(name, records_dir, ds=...)`.
-
-Train with `TopKFeatureConverter` (gin: `DatasetConfig.feature_converter_cls =
-@topk.TopKFeatureConverter`) and `LOSS_FN = @losses.TopKDistillLoss()`.
-Metrics: the predicted completion is parsed to a label (the dataset's
-completion parser, else the text after 'So the answer is', else the text)
-and compared with the gold label of the record.
+FIRST (records read at `get_dataset` time, so `$DISTILL_SBS_DATA_DIR` may be set
+after import). Per dataset `ds`, from teacher top-k records in
+`{data_dir}/first/{ds}/{split}.tfrecord-*` (written by
+`generate_rationales --backend=local --out_dir=...` with a teacher that answers
+with the label, or by a teacher that scored the label; calibrated with
+`python -m distill_sbs.calibrate`):
+  first_{ds}_label          input → teacher answer tokens, top-k at every token
+  first_{ds}_label_predict  'predict: ' input → the same (mixture component)
+  first_{ds}_explain        'explain: ' input → teacher rationale from the
+                            prepared records (`sbs_{ds}_rationale`), with a
+                            one-hot top-k (KL = CE under the rest bucket)
+  first_{ds}_rationale      mixture: label_predict (rate α) + explain (1−α),
+                            α = `sbs.mixture_alpha()`: FIRST + step-by-step
+plus `_{frac}` data-fraction variants (12p5pct … 100pct, nested, as `sbs`), and
+`first_{ds}` (= first_{ds}_label).
+Train with `TopKFeatureConverter` and `LOSS_FN = @losses.TopKDistillLoss()`
+(gin/first/*.gin). Other record directories: `register_first_tasks(name, dir)`.
+The label tasks' metrics parse the predicted text to a label and compare it with
+the record's gold label.
 """
 from __future__ import annotations
 
@@ -29,12 +32,14 @@ import tensorflow as tf
 from distill_sbs.data import formats
 from distill_sbs.data import parsers
 from distill_sbs.data import paths
+from distill_sbs.data import splits as splits_lib
 from distill_sbs.data import topk
 from distill_sbs.data import vocab as vocab_lib
 from distill_sbs.metrics import rank_classification as rank_lib
 from distill_sbs.tasks import sbs
 
 PREFIX = 'first'
+EXPLAIN_K = 5
 
 
 def parse_prediction(ds: str, text, example=None, is_target: bool = False) -> str:
@@ -57,9 +62,17 @@ def default_records_dir(ds: str, suffix: str = '') -> str:
 
 def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> dict[str, seqio.Feature]:
   v = vocabulary or vocab_lib.DEFAULT_VOCABULARY
-  # Targets are the teacher's ids, EOS included: no EOS is appended.
+  # Targets arrive as teacher ids with EOS: `tokenize_inputs_and_trim` only trims them.
   return {'inputs': seqio.Feature(vocabulary=v, add_eos=True),
-          'targets': seqio.Feature(vocabulary=v, add_eos=False)}
+          'targets': seqio.Feature(vocabulary=v, add_eos=True),
+          **topk.topk_output_features()}
+
+
+def _add_task(name: str, **kwargs) -> str:
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(name, **kwargs)
+  return name
 
 
 def register_first_tasks(name: str, records_dir: Optional[str] = None, *,
@@ -67,6 +80,8 @@ def register_first_tasks(name: str, records_dir: Optional[str] = None, *,
                          vocabulary: Optional[seqio.Vocabulary] = None,
                          topk_field: Optional[str] = None,
                          require_vocab_hash: bool = True,
+                         input_prefix: str = '',
+                         fraction_pct: Optional[float] = None,
                          default_dir_suffix: str = '') -> list[str]:
   """Registers the FIRST task `name` over top-k records.
 
@@ -78,6 +93,8 @@ def register_first_tasks(name: str, records_dir: Optional[str] = None, *,
     vocabulary: the student vocabulary (default: the project vocabulary); the
       records' `teacher_vocab_hash` must equal its hash.
     topk_field: keep only records whose top-k is aligned to this field.
+    input_prefix: prepended to the input text (e.g. 'predict: ').
+    fraction_pct: keep this nested percentage of the train records.
   Returns:
     the registered task names.
   """
@@ -88,25 +105,71 @@ def register_first_tasks(name: str, records_dir: Optional[str] = None, *,
   v = vocabulary or vocab_lib.DEFAULT_VOCABULARY
   source = topk.TopKRecordsSource(
       records_dir, vocabulary=v, topk_field=topk_field,
-      default_dir=None if records_dir else functools.partial(default_records_dir, ds, default_dir_suffix),
-      require_vocab_hash=require_vocab_hash)
+      default_dir=None if records_dir else functools.partial(default_records_dir, ds,
+                                                            default_dir_suffix),
+      require_vocab_hash=require_vocab_hash, input_prefix=input_prefix,
+      fraction_pct=fraction_pct)
   metric_fns, post = [], None
   if ds is not None:
     metric_fns = sbs.label_metric_fns(ds)
     post = functools.partial(parse_prediction, ds)
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(
-      name, source=source, output_features=output_features(v),
-      preprocessors=[topk.tokenize_inputs_and_trim],
-      postprocess_fn=post, metric_fns=metric_fns)
-  return [name]
+  return [_add_task(name, source=source, output_features=output_features(v),
+                    preprocessors=[topk.tokenize_inputs_and_trim],
+                    postprocess_fn=post, metric_fns=metric_fns)]
+
+
+def register_explain_task(name: str, ds: str, *, fraction_pct: Optional[float] = None,
+                          records_dir: Optional[str] = None,
+                          vocabulary: Optional[seqio.Vocabulary] = None,
+                          k: int = EXPLAIN_K) -> str:
+  """'explain: ' input → gold/teacher rationale with one-hot top-k (see module doc)."""
+  v = vocabulary or vocab_lib.DEFAULT_VOCABULARY
+  return _add_task(
+      name, source=sbs.SbsRecordsSource(ds, 'rationale', records_dir, fraction_pct),
+      output_features=output_features(v),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim,
+                     functools.partial(topk.add_onehot_topk, k=k)],
+      metric_fns=[])
+
+
+def _mixture(name: str, tasks) -> str:
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, list(tasks))
+  return name
+
+
+def _label_rate(task=None) -> float:
+  del task
+  return sbs.mixture_alpha()
+
+
+def _explain_rate(task=None) -> float:
+  del task
+  return 1.0 - sbs.mixture_alpha()
+
+
+def register_first_dataset(ds: str, *, records_dir: Optional[str] = None,
+                           fractions=splits_lib.FRACTIONS) -> list[str]:
+  """All FIRST tasks and mixtures of `ds` (see module docstring)."""
+  names = []
+  for frac in (None, *fractions):
+    suffix = '' if frac is None else '_' + splits_lib.fraction_name(frac)
+    names += register_first_tasks(f'{PREFIX}_{ds}_label{suffix}', records_dir, ds=ds,
+                                  fraction_pct=frac)
+    names += register_first_tasks(f'{PREFIX}_{ds}_label_predict{suffix}', records_dir, ds=ds,
+                                  input_prefix=sbs.PREDICT_PREFIX, fraction_pct=frac)
+    names.append(register_explain_task(f'{PREFIX}_{ds}_explain{suffix}', ds, fraction_pct=frac))
+    names.append(_mixture(f'{PREFIX}_{ds}_rationale{suffix}', [
+        (f'{PREFIX}_{ds}_label_predict{suffix}', _label_rate),
+        (f'{PREFIX}_{ds}_explain{suffix}', _explain_rate)]))
+  return names
 
 
 for _ds in formats.DATASETS:
-  register_first_tasks(f'{PREFIX}_{_ds}', ds=_ds)
-  register_first_tasks(f'{PREFIX}_{_ds}_cot', ds=_ds, default_dir_suffix='_cot')
-
+  register_first_dataset(_ds)
+  register_first_tasks(f'{PREFIX}_{_ds}', ds=_ds)  # alias of first_{ds}_label
 
 # ------------------------------------------------------------- rank classification
 # `rank_{ds}` / `rank_{ds}_predict` (inputs with the step-by-step 'predict: '

@@ -3,7 +3,7 @@
 Registered at import:
   ul2r_{ds}_corpus    the prepared records' `inputs` and `rationale` texts of
                       one dataset (`{data_dir}/{ds}/{split}.tfrecord-*`),
-  ul2r_sbs_corpus     the same over all datasets (a mixture, by text count),
+  ul2r_sbs_corpus     a mixture of the four (equal rates),
   ul2r_cqa_corpus     (one of the above; the tiny/small/base gin runs use it),
   ul2r_{name}         for every `name=path` in `$DISTILL_SBS_UL2R_TEXT`
                       (comma-separated), via `register_ul2r_text_task`.
@@ -205,9 +205,9 @@ def register_corpus_tasks() -> list[str]:
   names = []
   for ds in formats.DATASETS:
     names.append(register_ul2r_task(f'{ds}_corpus', corpus_source([ds])).name)
-  names.append(register_ul2r_task('sbs_corpus',
-                                  corpus_source(formats.DATASETS)).name)
-  return names
+  seqio.MixtureRegistry.remove('ul2r_sbs_corpus')
+  seqio.MixtureRegistry.add('ul2r_sbs_corpus', [(n, 1.0) for n in names])
+  return names + ['ul2r_sbs_corpus']
 
 
 # ------------------------------------------------------- mode-token variants

@@ -23,10 +23,12 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 
 from distill_sbs.data import schema
+from distill_sbs.data import splits as splits_lib
 from distill_sbs.distill import temperature as temperature_lib
 
 TOPK_TASK_FEATURES = ('teacher_topk_ids', 'teacher_topk_logprobs')
@@ -98,12 +100,17 @@ class TopKRecordsSource(seqio.DataSource):
 
   def __init__(self, records_dir: Optional[str] = None, *, vocabulary: seqio.Vocabulary,
                default_dir: Optional[Any] = None, topk_field: Optional[str] = None,
-               require_vocab_hash: bool = True,
+               require_vocab_hash: bool = True, input_prefix: str = '',
+               fraction_pct: Optional[float] = None, fraction_seed: int = 0,
                splits: Sequence[str] = ('train', 'validation', 'test')):
     super().__init__(splits=splits)
     self._records_dir, self._default_dir = records_dir, default_dir
     self.vocabulary, self.topk_field = vocabulary, topk_field
     self.require_vocab_hash = require_vocab_hash
+    self.input_prefix = input_prefix
+    if fraction_pct is not None:
+      splits_lib.fraction_size(1, fraction_pct)  # validates the range
+    self.fraction_pct, self.fraction_seed = fraction_pct, fraction_seed
 
   @property
   def records_dir(self) -> str:
@@ -151,10 +158,14 @@ class TopKRecordsSource(seqio.DataSource):
     del shuffle, seed, sequence_length, use_cached, num_epochs  # Task shuffles.
     files = self._files(split)
     k, id_dtype, expected_hash = self.probe(split)
-    d = tf.data.TFRecordDataset(files)
+    d = tf.data.TFRecordDataset(files)  # sequential: file order is the record order
+    if self.fraction_pct is not None and split == 'train':
+      n = int(d.reduce(np.int64(0), lambda c, _: c + 1).numpy())
+      mask = tf.constant(splits_lib.fraction_mask(n, self.fraction_pct, self.fraction_seed))
+      d = d.enumerate().filter(lambda i, _: tf.gather(mask, i)).map(lambda _, x: x)
     if shard_info is not None and shard_info.num_shards > 1:
       d = d.shard(shard_info.num_shards, shard_info.index)
-    field = self.topk_field
+    field, prefix = self.topk_field, self.input_prefix
 
     def keep(rec):
       ok = rec['teacher_topk_k'] > 0
@@ -177,7 +188,7 @@ class TopKRecordsSource(seqio.DataSource):
           message='teacher_target_ids and the top-k rows differ in length')
       with tf.control_dependencies([n_check]):
         targets = tf.identity(targets)
-      return {'id': rec['id'], 'inputs': rec['inputs'], 'label': rec['label'],
+      return {'id': rec['id'], 'inputs': prefix + rec['inputs'], 'label': rec['label'],
               'targets': targets, 'teacher_topk_ids': ids, 'teacher_topk_logprobs': lps}
 
     d = d.map(lambda x: tf.io.parse_single_example(x, _SPEC),
@@ -213,6 +224,31 @@ def tokenize_inputs_and_trim(dataset: tf.data.Dataset, output_features,
     return out
 
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def add_onehot_topk(dataset: tf.data.Dataset, output_features, k: int = 5
+                    ) -> tf.data.Dataset:
+  """Top-k features for a task with no teacher distribution (e.g. gold
+  rationales in a FIRST + step-by-step mixture): the target id with log-prob 0
+  and k−1 other ids with log-prob −1e4. With `TopKDistillLoss(rest_bucket=True)`
+  the KL on such a token is the cross-entropy of the target."""
+  vocab_size = output_features['targets'].vocabulary.vocab_size
+
+  def fn(ex):
+    t = tf.cast(ex['targets'], tf.int32)  # [L]
+    ids = (t[:, None] + tf.range(k, dtype=tf.int32)[None]) % vocab_size  # [L, k]
+    lps = tf.concat([tf.zeros_like(t, tf.float32)[:, None],
+                     tf.fill([tf.shape(t)[0], k - 1], -1e4)], axis=1)
+    return dict(ex, teacher_topk_ids=ids, teacher_topk_logprobs=lps)
+
+  return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def topk_output_features() -> dict[str, seqio.Feature]:
+  """Output features that keep the top-k through seqio mixtures."""
+  v = seqio.PassThroughVocabulary(size=0)
+  return {'teacher_topk_ids': seqio.Feature(v, add_eos=False, dtype=tf.int32, rank=2),
+          'teacher_topk_logprobs': seqio.Feature(v, add_eos=False, dtype=tf.float32, rank=2)}
 
 
 class TopKFeatureConverter(seqio.EncDecFeatureConverter):
@@ -289,8 +325,10 @@ def teacher_temperature(task: Optional[str] = None, records_dir: Optional[str] =
     if task not in seqio.TaskRegistry.names():
       import importlib  # pylint: disable=g-import-not-at-top
       importlib.import_module('distill_sbs.tasks')  # registers the FIRST tasks
-    source = seqio.get_mixture_or_task(task).source
-    if not isinstance(source, TopKRecordsSource):
-      raise ValueError(f'task {task!r} is not a FIRST top-k task')
-    records_dir = source.records_dir
+    obj = seqio.get_mixture_or_task(task)
+    tasks = obj.tasks if isinstance(obj, seqio.Mixture) else [obj]
+    sources = [t.source for t in tasks if isinstance(t.source, TopKRecordsSource)]
+    if not sources:
+      raise ValueError(f'task {task!r} is not a FIRST top-k task (nor a mixture with one)')
+    records_dir = sources[0].records_dir
   return temperature_lib.read_teacher_temperature(records_dir, default=default)

@@ -144,28 +144,32 @@ def rank_classification_metrics(targets: Any, scores: Any, num_bins: int = 10
       (what the rank tasks' postprocessor returns for targets).
     scores: per row the summed target log-probability (the model's score).
   Returns:
-    as `calibration_report` ('accuracy' in percent).
+    as `calibration_report` ('accuracy' in percent), plus 'num_skipped': examples
+    left out because their candidate set is incomplete (an evaluation cut by
+    `num_examples` mid-example) or has no / several correct candidates.
   """
-  rows = [(int(t[0]), int(t[1]), bool(t[2]), float(s)) for t, s in zip(targets, scores)]
-  if len(rows) != len(scores) or not rows:
+  if len(targets) != len(scores) or not len(targets):
     raise ValueError(f'{len(targets)} targets for {len(scores)} scores')
   by_ex: dict[int, dict[int, tuple[bool, float]]] = {}
-  for ex, cand, ok, s in rows:
-    by_ex.setdefault(ex, {})[cand] = (ok, s)
-  sizes = {len(c) for c in by_ex.values()}
-  width = max(sizes)
-  log_probs = np.full((len(by_ex), width), -np.inf)
-  gold = np.zeros(len(by_ex), np.int64)
-  for i, ex in enumerate(sorted(by_ex)):
-    cands = by_ex[ex]
-    for j, cand in enumerate(sorted(cands)):
-      log_probs[i, j] = cands[cand][1]
-    correct = [j for j, cand in enumerate(sorted(cands)) if cands[cand][0]]
-    if len(correct) != 1:
-      raise ValueError(f'example {ex}: {len(correct)} correct candidates (need exactly 1)')
-    gold[i] = correct[0]
-  z = log_probs - log_probs.max(axis=1, keepdims=True)
+  for t, s in zip(targets, scores):
+    by_ex.setdefault(int(t[0]), {})[int(t[1])] = (bool(t[2]), float(s))
+  width = max(len(c) for c in by_ex.values())
+  log_probs, gold = [], []
+  for ex in sorted(by_ex):
+    cands = [by_ex[ex][c] for c in sorted(by_ex[ex])]
+    correct = [j for j, (ok, _) in enumerate(cands) if ok]
+    if len(cands) != width or len(correct) != 1:
+      continue
+    log_probs.append([s for _, s in cands])
+    gold.append(correct[0])
+  skipped = len(by_ex) - len(gold)
+  if not gold:
+    raise ValueError(f'no example with a complete candidate set and one correct candidate '
+                     f'({skipped} skipped)')
+  lp = np.asarray(log_probs)
+  z = lp - lp.max(axis=1, keepdims=True)
   probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-  out = calibration.calibration_summary(probs, gold, num_bins=num_bins)
+  out = calibration.calibration_summary(probs, np.asarray(gold), num_bins=num_bins)
   out['accuracy'] = 100.0 * out['accuracy']
+  out['num_skipped'] = float(skipped)
   return out

@@ -28,9 +28,9 @@ import gin
 import numpy as np
 import tqdm
 
-from distill_sbs.data import formats
 from distill_sbs.data import paths
 from distill_sbs.data import schema
+from distill_sbs.teacher import inputs as inputs_lib
 from distill_sbs.teacher import prompts as prompts_lib
 from distill_sbs.teacher import self_consistency
 from distill_sbs.teacher import store as store_lib
@@ -76,55 +76,6 @@ class GenerationConfig:
       raise ValueError(f'--max_examples must be >= 0, got {self.max_examples}')
 
 
-@dataclasses.dataclass(frozen=True)
-class Example:
-  id: str
-  inputs: str
-  label: str = ''   # gold, '' when unknown
-
-
-def load_examples(config: GenerationConfig, ds: str) -> list[Example]:
-  """Inputs in order; ids must be unique."""
-  out: list[Example] = []
-  if config.input_jsonl:
-    path = config.input_jsonl
-    with open(path, encoding='utf-8') as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{lineno}: invalid JSON: {e.msg}') from None
-        if not isinstance(row, dict):
-          raise ValueError(f'{path}:{lineno}: each line must be a JSON object')
-        try:
-          inputs = str(row['inputs']) if 'inputs' in row else formats.format_input(ds, row)
-          label = ''
-          if row.get('label') not in (None, ''):
-            label = str(row['label']) if ds == 'cqa' else formats.gold_label(ds, row)
-          elif ds == 'cqa' and row.get('answer'):
-            label = str(row['answer'])
-        except (ValueError, KeyError) as e:
-          raise ValueError(f'{path}:{lineno}: {e}') from None
-        ex_id = str(row.get('id') or row.get('uid') or f'{config.split}-{lineno - 1:06d}')
-        out.append(Example(ex_id, inputs, label))
-        if config.max_examples and len(out) >= config.max_examples:
-          break
-  else:
-    pattern = paths.split_pattern(ds, config.split, config.data_dir)
-    for rec in schema.read_records(pattern):
-      out.append(Example(str(rec['id']), rec['inputs'], rec.get('label', '')))
-      if config.max_examples and len(out) >= config.max_examples:
-        break
-  seen: set[str] = set()
-  for ex in out:
-    if ex.id in seen:
-      raise ValueError(f'duplicate example id {ex.id!r} in the inputs')
-    seen.add(ex.id)
-  return out
-
-
 def _http_topk(c: Completion) -> Optional[dict[str, Any]]:
   """Top-k ids/log-probs from 'token_id:N' tokens (vLLM), else None."""
   if not c.tokens or not c.top_logprobs:
@@ -148,7 +99,7 @@ def _http_topk(c: Completion) -> Optional[dict[str, Any]]:
   return {**fields, 'teacher_target_ids': target, 'teacher_topk_field': 'llm_output'}
 
 
-def build_record(ds: str, ex: Example, result: GenerationResult,
+def build_record(ds: str, ex: inputs_lib.Example, result: GenerationResult,
                  extra_fields: Mapping[str, Any]) -> tuple[dict, dict]:
   """(record, index stats) for one successful generation."""
   comps = result.completions
@@ -191,7 +142,7 @@ def _num_shards(config: GenerationConfig, n: int) -> int:
 
 
 def finalize(config: GenerationConfig, store: store_lib.PartStore,
-             examples: Sequence[Example]) -> tuple[list[str], dict[str, dict]]:
+             examples: Sequence[inputs_lib.Example]) -> tuple[list[str], dict[str, dict]]:
   """Writes the final shards (input order, one record per id)."""
   wanted = {ex.id: i for i, ex in enumerate(examples)}
   index: dict[str, dict] = {}
@@ -320,7 +271,9 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
                        'choose another directory (it would overwrite its manifest)')
   if config.copy_splits and config.input_jsonl:
     raise ValueError('--copy_splits needs --dataset inputs, not --input_jsonl')
-  examples = load_examples(config, ds)
+  examples = inputs_lib.load_examples(
+      ds, config.split, data_dir=config.data_dir, input_jsonl=config.input_jsonl,
+      max_examples=config.max_examples)
   os.makedirs(config.out_dir, exist_ok=True)
   check_job(config.out_dir, config.split, {
       'dataset': ds, 'split': config.split, 'backend': backend.name,

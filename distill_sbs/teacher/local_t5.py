@@ -48,7 +48,7 @@ def load_teacher(checkpoint: str, model_config: Optional[models.T5Config] = None
   if model_config is None:
     raise ValueError(f'--checkpoint={checkpoint!r} is not a Hugging Face directory '
                      '(config.json + model.safetensors); for our own checkpoints bind '
-                     'LocalT5Backend.model_config = @T5Config() in gin')
+                     'LocalT5Backend.model_config = @distill_sbs.models.T5Config() in gin')
   from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
   return model_config, checkpoints.read_params(path)
 

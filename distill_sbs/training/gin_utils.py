@@ -146,8 +146,15 @@ def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = N
         ) -> None:
   """`absl.app.run` with the `--gin.NAME=value` rewriting."""
   define_flags()
-  app.run(main, argv=list(argv) if argv is not None else None,
-          flags_parser=lambda a: flags.FLAGS(rewrite_gin_args(a)))
+
+  def parse(args):
+    rest = flags.FLAGS(rewrite_gin_args(args))
+    if not any(a.startswith(('--verbosity', '-v=', '--v=')) for a in args):
+      # Orbax / seqio are chatty at INFO; keep the terminal to the progress bar.
+      from absl import logging  # pylint: disable=g-import-not-at-top
+      logging.set_verbosity(logging.WARNING)
+    return rest
+  app.run(main, argv=list(argv) if argv is not None else None, flags_parser=parse)
 
 
 def query_model_dir(*keys: str) -> Optional[str]:

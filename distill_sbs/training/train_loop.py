@@ -9,6 +9,7 @@ logging to `MODEL_DIR/metrics.jsonl` and TensorBoard.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Iterable, Mapping, Optional
 
 import gin
@@ -102,7 +103,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     target = ts_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
     state, data_state = ckpt.restore(latest, target)
     position = int(data_state.get('position', latest))
-    logging.info('resumed from step %d (data position %d)', latest, position)
+    _status(f'resumed from step {latest} (data position {position}) in {ckpt.directory}')
   else:
     state = trainer.init_state()
     position = 0
@@ -110,7 +111,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
       params = ckpt_lib.load_initial_params(initial_checkpoint_path, state.params,
                                             trainer.state_shardings.params, assignment_map)
       state = state.replace(params=params)
-      logging.info('initialised parameters from %s', initial_checkpoint_path)
+      _status(f'initialised parameters from {initial_checkpoint_path}')
   start = int(jax.device_get(state.step))
   data_iter = make_iter(position)
 
@@ -162,6 +163,13 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     ckpt.close()
     logger.close()
   return state, trainer
+
+
+def _status(msg: str) -> None:
+  """A line for the user (process 0), also in the absl log."""
+  logging.info(msg)
+  if jax.process_index() == 0:
+    print(f'[distill_sbs.train] {msg}', file=sys.stderr, flush=True)
 
 
 class _ListIterator:

@@ -96,3 +96,41 @@ def test_converter_falls_back_for_plain_tasks_and_reads_temperature(tmp_path):
   assert topk.teacher_temperature(task='first_test_temp') == 1.7
   with pytest.raises(ValueError, match='not a FIRST'):
     topk.teacher_temperature(task='sbs_cqa_label_gold')
+
+
+def test_first_plus_rationale_mixture_keeps_topk_and_one_hot_rationales(tmp_path):
+  from distill_sbs.tasks import sbs
+  rng = np.random.default_rng(4)
+  schema.write_shards(str(tmp_path / 'topk'), 'train',
+                      _records(rng, 4, vocab_lib.vocab_hash(VOCAB)))
+  prepared = [{'id': f'r{i}', 'inputs': f'question {i}', 'label': f'gold{i}',
+               'llm_label': f'gold{i}', 'rationale': f'because {i}'} for i in range(4)]
+  schema.write_shards(str(tmp_path / 'prep'), 'train', prepared)
+  first.register_first_tasks('first_test_mix_label', str(tmp_path / 'topk'), ds='cqa',
+                             vocabulary=VOCAB, input_prefix=sbs.PREDICT_PREFIX)
+  first.register_explain_task('first_test_mix_explain', 'cqa', vocabulary=VOCAB,
+                              records_dir=str(tmp_path / 'prep'), k=K)
+  seqio.MixtureRegistry.add('first_test_mix', [('first_test_mix_label', 1.0),
+                                               ('first_test_mix_explain', 1.0)])
+  ds = seqio.get_dataset('first_test_mix', {'inputs': 24, 'targets': 12}, dataset_split='train',
+                         shuffle=False, feature_converter=topk.TopKFeatureConverter())
+  rows = list(ds.take(8).as_numpy_iterator())
+  kinds = {VOCAB.decode(r['encoder_input_tokens'].tolist()).split(':')[0] for r in rows}
+  assert kinds == {'predict', 'explain'}
+  for r in rows:
+    if VOCAB.decode(r['encoder_input_tokens'].tolist()).startswith('explain'):
+      n = int(r['decoder_loss_weights'].sum())
+      assert VOCAB.decode(r['decoder_target_tokens'][:n].tolist()).startswith('because')
+      np.testing.assert_array_equal(r['decoder_topk_ids'][:n, 0], r['decoder_target_tokens'][:n])
+      np.testing.assert_array_equal(r['decoder_topk_logprobs'][:n, 0], 0.0)
+      assert np.all(r['decoder_topk_logprobs'][:n, 1:] == -1e4)
+    else:
+      assert r['decoder_topk_logprobs'][0].max() < 0  # real teacher log-probs
+  # With the rest bucket the one-hot KL equals the token cross-entropy.
+  import jax.numpy as jnp
+  from distill_sbs.distill import losses
+  ex = [r for r in rows if VOCAB.decode(r['encoder_input_tokens'].tolist()).startswith('explain')][0]
+  logits = jnp.asarray(np.random.default_rng(5).normal(size=(1, 12, VOCAB.vocab_size)), jnp.float32)
+  batch = {k: jnp.asarray(v[None]) for k, v in ex.items()}
+  _, m = losses.TopKDistillLoss(rest_bucket=True, z_loss=0.0)(logits, batch)
+  np.testing.assert_allclose(float(m['kl']), float(m['cross_entropy']), rtol=1e-4)

@@ -21,7 +21,12 @@ def test_score_metric_groups_rows_by_example():
   assert out['accuracy'] == 0.0
   assert out['brier'] == pytest.approx(calibration.brier(probs, [1, 0]))
   assert out['ece'] == pytest.approx(calibration.ece(probs.max(1), [0, 0], num_bins=5))
-  with pytest.raises(ValueError, match='correct candidates'):
+  assert out['num_skipped'] == 0
+  # Incomplete (cut) examples and examples without a correct candidate are skipped.
+  more = targets + [(2, 0, False), (2, 1, False), (3, 0, True)]
+  out2 = rc.rank_classification_metrics(more, scores + [0.0, 0.0, 0.0], num_bins=5)
+  assert out2['num_skipped'] == 2 and out2['brier'] == out['brier']
+  with pytest.raises(ValueError, match='complete candidate set'):
     rc.rank_classification_metrics([(0, 0, False), (0, 1, False)], [0.0, 0.0])
 
 

@@ -59,7 +59,9 @@ def test_corpus_task_denoises_inputs_and_rationales(sbs_data_dir, monkeypatch):
   # Every input and rationale, in order, exactly: chunks lose nothing.
   np.testing.assert_array_equal(tokens, _byte_ids(texts))
   assert used == set(ul2.MODE_TOKENS)
-  assert 'ul2r_sbs_corpus' in seqio.TaskRegistry.names()
+  mix = seqio.get_mixture_or_task('ul2r_sbs_corpus')
+  assert sorted(t.name for t in mix.tasks) == [
+      'ul2r_anli1_corpus', 'ul2r_cqa_corpus', 'ul2r_esnli_corpus', 'ul2r_svamp_corpus']
 
 
 def test_text_file_tasks_jsonl_plain_env_and_gin(tmp_path):

@@ -45,3 +45,15 @@ def test_tiny_model_overfits_32_cqa_examples(tmp_path):
   assert scalars == {f'eval/{task}/exact_match': 100.0}
   logged = json.loads((tmp_path / 'eval' / 'metrics.jsonl').read_text())
   assert logged['eval/test_cqa_32/exact_match'] == 100.0
+
+  # `infer` writes one JSON line per example; the overfitted model reproduces
+  # every gold answer.
+  paths = inference.infer(model=model, dataset_cfg=eval_cfg,
+                          checkpoint_path=str(tmp_path / 'run' / 'checkpoints' / str(STEPS)),
+                          output_dir=str(tmp_path / 'infer'), mesh_config=mesh)
+  lines = [json.loads(l) for l in open(paths[0], encoding='utf-8')]
+  assert [l['index'] for l in lines] == list(range(32))
+  gold = [r[1] for r in tiny_tasks._rows(32)]
+  assert [l['targets'] for l in lines] == gold
+  assert [l['prediction'] for l in lines] == gold
+  assert lines[0]['inputs'].startswith(tiny_tasks._rows(1)[0][0][:20])

@@ -1,0 +1,207 @@
+"""T5X launch files and the import boundary; these run WITHOUT T5X (CI).
+
+The gin files in t5x_configs/t5x/ are checked as text (T5X's own run files are
+not available here): includes, macros, the T5X model classes they bind, and
+that every task they name is registered by `distill_sbs.tasks`.
+"""
+import ast
+import importlib.util
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+T5X_DIR = REPO / 't5x_configs' / 't5x'
+COMPAT = REPO / 'distill_sbs' / 't5x_compat'
+DATASETS = ('cqa', 'svamp', 'esnli', 'anli1')
+SIZES = ('tiny', 'small', 'base')
+METHOD_FILES = ('common', 'sbs', 'baseline', 'first', 'ul2r', 'from_project_checkpoint')
+T5X_RUNS = ('t5x/configs/runs/finetune.gin', 't5x/configs/runs/pretrain.gin')
+METHOD_CLASS = {'sbs': 'SbsEncoderDecoderModel', 'baseline': 'ProjectLossEncoderDecoderModel',
+                'first': 'FirstEncoderDecoderModel', 'ul2r': 'ProjectLossEncoderDecoderModel'}
+
+_INCLUDE = re.compile(r"^include\s+'([^']+)'", re.M)
+_MACRO = re.compile(r'^([A-Z][A-Z0-9_]*)\s*=\s*(.+)$', re.M)
+
+
+def _run_files():
+  return sorted(p for p in T5X_DIR.glob('*.gin') if p.stem not in METHOD_FILES)
+
+
+def _includes(path):
+  return _INCLUDE.findall(path.read_text())
+
+
+def _macros(path):
+  return {k: v.split('#')[0].strip() for k, v in _MACRO.findall(path.read_text())}
+
+
+def _compat_exports():
+  tree = ast.parse((COMPAT / '__init__.py').read_text())
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and node.targets[0].id == '__all__':
+      return set(ast.literal_eval(node.value))
+  raise AssertionError('distill_sbs/t5x_compat/__init__.py has no __all__')
+
+
+def test_run_grid_is_complete():
+  names = {p.stem for p in _run_files()}
+  expected = {f'{m}_{ds}_{s}' for m in ('sbs', 'finetune', 'distill')
+              for ds in DATASETS for s in SIZES}
+  expected |= {f'first_{ds}_{s}' for ds in DATASETS for s in ('tiny', 'base')}
+  expected |= {f'ul2r_cqa_corpus_{s}' for s in SIZES}
+  assert names == expected
+
+
+@pytest.mark.parametrize('path', _run_files(), ids=lambda p: p.stem)
+def test_run_file_includes_t5x_run_model_and_method(path):
+  inc = _includes(path)
+  assert len(inc) == 3, (path.name, inc)
+  model, runs, method = inc
+  # Model size first, so T5X's run file sets DROPOUT_RATE etc. after it.
+  assert re.fullmatch(r't5x_configs/models/t5_1_1/(tiny|small|base)\.gin', model), inc
+  assert (REPO / model).is_file(), f'{path.name}: {model} is not in the repository'
+  assert model.endswith(f'/{path.stem.rsplit("_", 1)[1]}.gin'), (path.name, model)
+  expected_runs = T5X_RUNS[1] if path.stem.startswith('ul2r') else T5X_RUNS[0]
+  assert runs == expected_runs, (path.name, runs)
+  kind = {'finetune': 'baseline', 'distill': 'baseline'}.get(path.stem.split('_')[0],
+                                                              path.stem.split('_')[0])
+  assert method == f't5x_configs/t5x/{kind}.gin', (path.name, method)
+  macros = _macros(path)
+  for name in ('MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
+               'INITIAL_CHECKPOINT_PATH'):
+    assert name in macros, f'{path.name} does not set {name}'
+  lengths = ast.literal_eval(macros['TASK_FEATURE_LENGTHS'])
+  assert set(lengths) == {'inputs', 'targets'} and min(lengths.values()) > 0
+  assert int(macros['TRAIN_STEPS']) > 0
+  if kind == 'sbs':
+    assert 'INFER_EVAL_MIXTURE_OR_TASK_NAME' in macros
+    assert int(macros['BATCH_SIZE']) % 2 == 0  # label + rationale rows stay paired
+  if kind == 'first':
+    assert 'EVAL_TASK' in macros
+  if path.stem.endswith('_tiny'):
+    assert macros['INITIAL_CHECKPOINT_PATH'] == 'None'
+  else:  # T5X's public T5 v1.1 checkpoint of the same size
+    size = path.stem.rsplit('_', 1)[1]
+    assert f't5_1_1_{size}/checkpoint_1000000' in macros['INITIAL_CHECKPOINT_PATH']
+    assert int(macros['TRAIN_STEPS']) > 1_000_000
+
+
+def test_method_files_import_tasks_and_bind_t5x_compat_classes():
+  common = (T5X_DIR / 'common.gin').read_text()
+  assert re.search(r'^import distill_sbs\.tasks\b', common, re.M)
+  assert 'from __gin__ import dynamic_registration' in common
+  assert re.search(r'^USE_CACHED_TASKS = False', common, re.M)
+  exports = _compat_exports()
+  for kind, cls in METHOD_CLASS.items():
+    text = (T5X_DIR / f'{kind}.gin').read_text()
+    assert "include 't5x_configs/t5x/common.gin'" in text, kind
+    assert f'MODEL = @t5x_compat.{cls}()' in text, kind
+    assert re.search(rf'^t5x_compat\.{cls}:\n(  .+\n)*  module = @models\.Transformer\(\)',
+                     text, re.M), kind
+    assert 'loss_fn = %LOSS_FN' in text, kind
+  for path in T5X_DIR.glob('*.gin'):
+    for name in re.findall(r'@t5x_compat\.(\w+)', path.read_text()):
+      assert name in exports, f'{path.name}: t5x_compat.{name} is not exported'
+    for inc in _includes(path):
+      assert inc in T5X_RUNS or (REPO / inc).is_file(), f'{path.name}: missing {inc}'
+  sbs = (T5X_DIR / 'sbs.gin').read_text()
+  assert "LOSS_NORMALIZING_FACTOR = 'PER_TASK_TOKENS'" in sbs
+  assert 'FEATURE_CONVERTER = @t5x_compat.PairedFeatureConverter' in sbs
+  for text in (sbs, (T5X_DIR / 'first.gin').read_text()):
+    assert 'train/utils.DatasetConfig.pack = False' in text
+    assert 'train_eval/utils.DatasetConfig.pack = False' in text
+  assert "include 'gin/first/first.gin'" in (T5X_DIR / 'first.gin').read_text()
+
+
+def test_named_tasks_are_registered():
+  import seqio  # pylint: disable=g-import-not-at-top
+  import distill_sbs.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  for path in _run_files():
+    macros = _macros(path)
+    for key in ('MIXTURE_OR_TASK_NAME', 'INFER_EVAL_MIXTURE_OR_TASK_NAME', 'EVAL_TASK'):
+      if key in macros:
+        task = ast.literal_eval(macros[key])
+        assert task in names, f'{path.name}: {key} {task!r} is not registered'
+
+
+def test_nothing_else_imports_t5x():
+  pattern = re.compile(r'^\s*(import\s+t5x\b|from\s+t5x\b)', re.M)
+  offenders = []
+  for root in (REPO / 'distill_sbs', REPO / 'tasks'):
+    for py in root.rglob('*.py'):
+      if COMPAT in py.parents:
+        continue
+      if pattern.search(py.read_text(encoding='utf-8', errors='replace')):
+        offenders.append(str(py.relative_to(REPO)))
+  assert not offenders, f'only distill_sbs/t5x_compat may import T5X: {offenders}'
+
+
+_BLOCK_T5X = '''
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name == "t5x" or name.startswith("t5x."):
+      raise ImportError("No module named %r (blocked by the test)" % name)
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_without_t5x_project_imports_and_compat_explains():
+  code = _BLOCK_T5X + '''
+import distill_sbs, distill_sbs.models, distill_sbs.distill.losses
+import distill_sbs.training.model, distill_sbs.training.checkpoints
+assert not any(m == "t5x" or m.startswith("t5x.") for m in sys.modules)
+try:
+  import distill_sbs.t5x_compat
+except ImportError as e:
+  print("MSG:", e)
+else:
+  raise SystemExit("distill_sbs.t5x_compat imported without T5X")
+'''
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  msg = out.stdout.split('MSG:', 1)[1]
+  assert 'needs T5X' in msg and 'docs/t5x.md' in msg and 'distill_sbs.train' in msg
+
+
+def _load_variables_module():
+  """variables.py needs only flax; load it by path (the package needs T5X)."""
+  spec = importlib.util.spec_from_file_location('_t5x_compat_variables',
+                                                COMPAT / 'variables.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_unbox_with_axes_gives_t5x_layout():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax.core import meta  # pylint: disable=g-import-not-at-top
+  from distill_sbs.models import T5Config, Transformer  # pylint: disable=g-import-not-at-top
+  variables_lib = _load_variables_module()
+  cfg = T5Config(vocab_size=32, emb_dim=8, num_heads=2, num_encoder_layers=1,
+                 num_decoder_layers=1, head_dim=4, mlp_dim=16)
+  x = jnp.ones((2, 5), jnp.int32)
+  boxed = Transformer(cfg).init(jax.random.PRNGKey(0), x, x, x, enable_dropout=False)
+  out = variables_lib.unbox_with_axes(boxed)
+  assert set(out) == {'params', 'params_axes'}
+  plain = jax.tree_util.tree_flatten_with_path(meta.unbox(boxed['params']))[0]
+  ours = dict(jax.tree_util.tree_flatten_with_path(out['params'])[0])
+  assert len(plain) == len(ours) > 10
+  for path, value in plain:
+    np.testing.assert_array_equal(ours[path], value)
+  axes = out['params_axes']
+  assert tuple(axes['token_embedder']['embedding_axes'].names) == ('vocab', 'embed')
+  assert tuple(axes['decoder']['decoder_norm']['scale_axes'].names) == ('embed',)
+  q = out['params']['encoder']['layers_0']['attention']['query']['kernel']
+  names = axes['encoder']['layers_0']['attention']['query']['kernel_axes'].names
+  assert len(names) == q.ndim
+  with pytest.raises(ValueError, match='params/w: parameter has no logical axis names'):
+    variables_lib.axis_metadata({'params': {'w': np.zeros(3)}})
