@@ -75,7 +75,7 @@ _GEN_FLAGS = ('dataset', 'split', 'data_dir', 'input_jsonl', 'prompt_file', 'out
               'keep_parse_failures', 'progress', 'copy_splits')
 _SAMPLING_FLAGS = ('num_samples', 'temperature', 'top_p', 'max_tokens', 'top_logprobs',
                    'seed')
-_HTTP_FLAGS = ('base_url', 'model', 'api_key_env', 'concurrency', 'timeout', 'chat',
+_HTTP_FLAGS = ('base_url', 'model', 'api_key_env', 'concurrency', 'timeout',
                'samples_via_n', 'logprob_token_ids')
 _LOCAL_FLAGS = ('checkpoint', 'model', 'batch_size', 'topk', 'max_input_length')
 _RENAME = {'topk': 'k'}

@@ -4,9 +4,12 @@ The teacher is a tiny random T5 (logits spread). Gold tokens are sampled from
 the teacher at temperature 2 (so the teacher is over-confident by a factor of
 ~2), the teacher's top-5 at every gold position is stored in the record schema
 (`schema.encode_topk`), `python -m distill_sbs.calibrate` fits T on the
-validation split, and a tiny student is trained from the FIRST SeqIO task
-(`TopKFeatureConverter` batches) with `TopKDistillLoss` at the calibrated T.
+validation split, and a tiny student is trained by the project's trainer
+(`train_loop.train`) on the FIRST SeqIO task (`TopKFeatureConverter` batches)
+with `TopKDistillLoss` at the calibrated T.
 """
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +23,8 @@ from distill_sbs.data import vocab as vocab_lib
 from distill_sbs.distill import losses
 from distill_sbs.models import decoding
 from distill_sbs.tasks import first
+from distill_sbs.training import input_pipeline, train_loop
+from distill_sbs.training import model as training_model
 
 VOCAB = seqio.ByteVocabulary(extra_ids=100)
 K, IN_LEN, TGT_LEN = 5, 16, 8
@@ -102,34 +107,35 @@ def test_first_end_to_end(tmp_path, capsys):
   t_cal = topk.teacher_temperature(task='first_e2e_test')
   assert t_cal == report['temperature']
   loss_fn = losses.TopKDistillLoss(teacher_temperature=t_cal, kl_weight=1.0, rest_bucket=True)
-  model = models.Transformer(CONFIG)
-  params = _init(1)
-  opt = optax.adam(1e-2)
-  state = opt.init(params)
+  model = training_model.EncoderDecoderModel(
+      module=models.Transformer(CONFIG), input_vocabulary=VOCAB, output_vocabulary=VOCAB,
+      optimizer_def=optax.adam(1e-2), loss_fn=loss_fn)
+  init = _init(1)
 
-  def objective(p):
-    logits = model.apply({'params': p}, batch['encoder_input_tokens'],
-                         batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                         enable_dropout=False)
-    loss, metrics = loss_fn(logits, batch)
-    return loss, (logits, metrics)
+  def logits_of(p):
+    return model.module.apply({'params': p}, batch['encoder_input_tokens'],
+                              batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                              enable_dropout=False)
 
-  @jax.jit
-  def step(p, s):
-    (loss, (logits, metrics)), g = jax.value_and_grad(objective, has_aux=True)(p)
-    updates, s = opt.update(g, s, p)
-    return optax.apply_updates(p, updates), s, loss, logits, metrics
-
-  losses_seen, overlaps, top1 = [], [], []
-  for _ in range(25):
-    params, state, loss, logits, metrics = step(params, state)
-    losses_seen.append(float(loss))
-    overlaps.append(_overlap_at_k(logits, batch))
-    top1.append(float(metrics['topk_top1_agreement']))
-  _, (final_logits, final_metrics) = objective(params)
-  final_overlap = _overlap_at_k(final_logits, batch)
-  assert np.isfinite(losses_seen).all()
-  assert losses_seen[-1] < 0.5 * losses_seen[0], losses_seen
+  overlap_before = _overlap_at_k(logits_of(init), batch)
+  _, before = loss_fn(logits_of(init), batch)
+  # The project's trainer (mesh over the 8 host devices, jit step) on the FIRST task.
+  state, _ = train_loop.train(
+      model=model, model_dir=str(tmp_path / 'student'), total_steps=25, log_period=5,
+      train_dataset_cfg=input_pipeline.DatasetConfig(
+          'first_e2e_test', {'inputs': IN_LEN, 'targets': TGT_LEN}, batch_size=16,
+          shuffle=False, module=None, feature_converter_cls=topk.TopKFeatureConverter),
+      checkpoint_period=1000, keep_checkpoints=1, progress_bar=False,
+      async_checkpointing=False, initial_checkpoint_path=None, random_seed=1)
+  logged = [json.loads(l) for l in (tmp_path / 'student' / 'metrics.jsonl').read_text().splitlines()]
+  train_rows = [r for r in logged if 'kl' in r]
+  assert train_rows[-1]['step'] == 25
+  assert train_rows[-1]['loss'] < 0.5 * train_rows[0]['loss'], train_rows
+  params = meta.unbox(state.params)
+  logits = logits_of(params)
+  _, after = loss_fn(logits, batch)
+  assert float(after['kl']) < 0.5 * float(before['kl'])
   # Top-k agreement: overlap of the student's top-5 with the teacher's, and top-1.
-  assert final_overlap > overlaps[0] + 0.3, (overlaps[0], final_overlap)
-  assert float(final_metrics['topk_top1_agreement']) > top1[0] + 0.3, top1
+  overlap_after = _overlap_at_k(logits, batch)
+  assert overlap_after > overlap_before + 0.3, (overlap_before, overlap_after)
+  assert float(after['topk_top1_agreement']) > float(before['topk_top1_agreement']) + 0.3

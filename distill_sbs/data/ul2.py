@@ -130,6 +130,9 @@ def plan(denoisers: Sequence[Denoiser], sequence_length: Mapping[str, int],
       n = dn.max_span_corruption_length(ib, targets_budget, d.noise_density,
                                         d.mean_noise_span_length,
                                         vocab.extra_ids or None)
+    if n < 1:
+      raise ValueError(f'denoiser {d.name!r}: sequence_length {dict(sequence_length)} '
+                       'is too short for one corrupted token')
     mode_ids.append(ids)
     raw.append(n)
     budgets.append(ib)
@@ -237,6 +240,9 @@ def mixture_of_denoisers(dataset: tf.data.Dataset,
   p = plan(denoisers, sequence_length, output_features, use_mode_tokens)
   vocab = output_features['inputs'].vocabulary
   vocab_size, extra_ids = int(vocab.vocab_size), int(vocab.extra_ids)
+  if extra_ids < 1 and any(not d.prefix_lm for d in denoisers):
+    raise ValueError('span-corruption denoisers need sentinels: the inputs '
+                     f'vocabulary {vocab} has no extra ids')
   dataset = split_tokens(dataset, feature_key, chunk_length or min(p.raw_lengths))
 
   def finish(out):

@@ -31,7 +31,8 @@ from distill_sbs.experiments import runs as runs_lib
 from distill_sbs.experiments import sweep
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEMO_GIN = 'gin/experiments/demo_tiny.gin'
+DEMO_GIN = 'gin/experiments/demo.gin'
+SBS_GIN = 'gin/sbs/sbs.gin'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,9 @@ class DemoConfig:
   Attributes:
     dataset: benchmark (cqa, svamp, esnli, anli1).
     methods: the compared methods (`methods.METHODS` names).
-    train_steps / batch_size: the shared training budget of every method.
+    train_steps / batch_size: the shared budget of every method: steps and
+      training examples per step (a paired step-by-step example gives a label
+      row and a rationale row, so its batch holds 2 × batch_size rows).
     learning_rate: constant learning rate (Adafactor, as the gin file says).
     input_length / target_length: TASK_FEATURE_LENGTHS (SentencePiece tokens)
       of tasks with rationales; label_length: targets of label-only tasks.
@@ -55,7 +58,7 @@ class DemoConfig:
   """
   dataset: str = 'esnli'
   methods: Sequence[str] = ('standard_finetune', 'sbs_gold')
-  train_steps: int = 1200
+  train_steps: int = 800
   batch_size: int = 32
   learning_rate: float = 0.01
   input_length: int = 72
@@ -72,7 +75,7 @@ class DemoConfig:
 
   def bindings(self) -> list[str]:
     """Gin bindings shared by every method."""
-    return [f'BATCH_SIZE={self.batch_size}', f'LEARNING_RATE={self.learning_rate}',
+    return [f'LEARNING_RATE={self.learning_rate}',
             f'EVAL_PERIOD={max(1, self.train_steps // 4)}',
             f'CHECKPOINT_PERIOD={self.train_steps}',
             f'LOG_PERIOD={max(1, self.train_steps // 40)}',
@@ -148,10 +151,13 @@ def sweep_config(cfg: DemoConfig, spm_model: Optional[pathlib.Path]) -> sweep.Sw
   overrides = {}
   for m in methods_lib.resolve(cfg.methods):
     filled = m.fill(cfg.dataset, 'tiny', 1.0)
-    overrides[m.name] = {'gin_files': [cfg.gin_file],
-                         'bindings': [*m.bindings, cfg.feature_lengths(filled)]}
-  eval_bindings = [f'{sweep.EVAL_FN}.max_decode_length={cfg.target_length}',
-                   f'{sweep.EVAL_FN}.input_length={cfg.input_length}']
+    paired = methods_lib.PAIRED_MARKER in filled.task
+    overrides[m.name] = {
+        'gin_files': [cfg.gin_file] + ([SBS_GIN] if paired else []),
+        'bindings': [cfg.feature_lengths(filled),
+                     f'BATCH_SIZE={cfg.batch_size * (2 if paired else 1)}',
+                     *([f'EVAL_TASK="{filled.eval_task}"'] if paired else [])]}
+  eval_bindings = []
   if cfg.max_test_examples:
     eval_bindings.append(f'{sweep.EVAL_FN}.num_examples={cfg.max_test_examples}')
   return sweep.SweepConfig(
@@ -213,7 +219,9 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
           f'- student: tiny T5 v1.1-style encoder-decoder from scratch ({cfg.gin_file}), '
           f'vocabulary: ' + (f'SentencePiece {cfg.vocab_size} pieces trained on the '
                              'training split' if cfg.vocab_size else 'bytes') + '.',
-          f'- same budget for every method: {cfg.train_steps} steps, batch {cfg.batch_size}, '
+          f'- same budget for every method: {cfg.train_steps} steps of {cfg.batch_size} '
+          'training examples (step-by-step: each example gives a label row and a '
+          'rationale row), '
           f'learning rate {cfg.learning_rate}, seed {cfg.seed}; input length '
           f'{cfg.input_length}, target length {cfg.label_length} (labels) / '
           f'{cfg.target_length} (with rationales).',

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 import numpy as np
@@ -207,10 +207,15 @@ PREDICTIONS_FILE = 'test_predictions.jsonl'
 @gin.configurable(module='distill_sbs.experiments.evaluate')
 def run_student_eval(*, model: Any, model_dir: str, eval_task: str, dataset: str,
                      split: str = 'test', num_examples: Optional[int] = None,
-                     input_length: int = 512, max_decode_length: int = 32,
+                     task_feature_lengths: Optional[Mapping[str, int]] = None,
+                     input_length: Optional[int] = None,
+                     max_decode_length: Optional[int] = None,
                      batch_size: int = 32, num_bins: int = 10,
                      log: Callable[[str], None] = print) -> dict[str, float]:
   """Evaluates the latest checkpoint in `model_dir` on `eval_task`/`split`.
+
+  Lengths default to the run's TASK_FEATURE_LENGTHS ('inputs' / 'targets'),
+  else 512 / 64.
 
   Writes `model_dir/eval_results.json` (metrics) and `test_predictions.jsonl`
   (one prediction per example with its confidence); returns the metrics.
@@ -220,6 +225,9 @@ def run_student_eval(*, model: Any, model_dir: str, eval_task: str, dataset: str
   from distill_sbs.experiments import runs as runs_lib  # pylint: disable=g-import-not-at-top
   from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
   t0 = time.monotonic()
+  lengths = dict(task_feature_lengths or {})
+  input_length = int(input_length or lengths.get('inputs') or 512)
+  max_decode_length = int(max_decode_length or lengths.get('targets') or 64)
   params = checkpoints.read_params(model_dir)
   records, post = task_records(eval_task, split, num_examples)
   if post is not None:

@@ -43,15 +43,15 @@ class Method:
     pct = float(fraction) * 100
     keys = dict(dataset=dataset, size=size, pct=f'{round(pct, 6):g}',
                 frac=splits.fraction_name(pct))
-    fmt = lambda s: _fill(s, keys)
+    fmt = lambda s: fill_template(s, keys)
     task = fmt(self.task)
     return dataclasses.replace(
         self, gin_files=tuple(fmt(g) for g in self.gin_files), task=task,
-        fraction_task=_fill(self.fraction_task, dict(keys, task=task)),
+        fraction_task=fill_template(self.fraction_task, dict(keys, task=task)),
         bindings=tuple(fmt(b) for b in self.bindings), eval_task=fmt(self.eval_task))
 
 
-def _fill(template: str, keys: Mapping[str, str]) -> str:
+def fill_template(template: str, keys: Mapping[str, str]) -> str:
   """Replaces only `{key}` of known keys (gin dict literals keep their braces)."""
   for k, v in keys.items():
     template = template.replace('{' + k + '}', v)
@@ -59,23 +59,28 @@ def _fill(template: str, keys: Mapping[str, str]) -> str:
 
 
 _SBS = 'gin/sbs/{dataset}_{size}.gin'
+_BASE = 'gin/baselines/{dataset}_{kind}_{size}.gin'
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method('standard_finetune', 'standard finetuning on gold labels',
-           (_SBS,), 'sbs_{dataset}_label_gold'),
+           (_BASE.replace('{kind}', 'finetune'),), 'sbs_{dataset}_label_gold'),
     Method('standard_distill', 'standard distillation on teacher (LLM) labels',
-           (_SBS,), 'sbs_{dataset}_label_llm'),
-    Method('sbs_gold', 'distilling step-by-step: gold label + teacher rationale',
-           (_SBS,), 'sbs_{dataset}_gold', eval_task='sbs_{dataset}_predict_gold'),
-    Method('sbs_llm', 'distilling step-by-step: teacher label + teacher rationale',
-           (_SBS,), 'sbs_{dataset}_llm', eval_task='sbs_{dataset}_predict_gold'),
+           (_BASE.replace('{kind}', 'distill'),), 'sbs_{dataset}_label_llm'),
+    Method('sbs_gold', 'distilling step-by-step: gold label + teacher rationale '
+           '(paired α-weighted objective)',
+           (_SBS,), 'sbs_{dataset}_paired_gold', eval_task='sbs_{dataset}_predict_gold'),
+    Method('sbs_llm', 'distilling step-by-step: teacher label + teacher rationale '
+           '(paired α-weighted objective)',
+           (_SBS,), 'sbs_{dataset}_paired_llm', eval_task='sbs_{dataset}_predict_gold'),
     Method('rationale_output', 'single task: rationale then label as one output',
-           (_SBS,), 'sbs_{dataset}_cot', eval_task='sbs_{dataset}_cot'),
-    Method('first', 'FIRST: teacher top-k calibrated distillation of the label',
+           (_BASE.replace('{kind}', 'cot'),), 'sbs_{dataset}_cot',
+           eval_task='sbs_{dataset}_cot'),
+    Method('first', 'FIRST: KL to the calibrated teacher top-k on its answers',
            ('gin/first/{dataset}_{size}.gin',), 'first_{dataset}_label'),
-    Method('first_rationale', 'FIRST + rationales (top-k on rationale and label)',
+    Method('first_rationale', 'FIRST + rationales (top-k KL label + explain task)',
            ('gin/first/{dataset}_{size}_rationale.gin',), 'first_{dataset}_rationale',
            eval_task='sbs_{dataset}_predict_gold'),
 )}
+PAIRED_MARKER = '_paired_'  # tasks whose every example gives two rows
 
 
 def resolve(names: Sequence[str],

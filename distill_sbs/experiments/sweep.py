@@ -47,7 +47,9 @@ class SweepConfig:
     seeds: RANDOM_SEED values; mean/std are taken over them.
     train_steps: TRAIN_STEPS of every run.
     output_dir: where runs and the report go ('' = runs/sweeps/{name}).
-    bindings: extra `KEY=VALUE` gin bindings for every run (e.g. BATCH_SIZE=8).
+    bindings: extra `KEY=VALUE` gin bindings for every run (e.g. BATCH_SIZE=8);
+      `{dataset}` and `{size}` in them are filled per run (e.g.
+      `INITIAL_CHECKPOINT_PATH='/ckpt/t5-v1_1-{size}'`).
     method_overrides: method name -> {field: value} (see `methods.Method`).
     train_command: argv prefix of the trainer.
     eval_command: argv prefix of the test evaluation after training (empty:
@@ -122,7 +124,8 @@ def run_bindings(method: methods_lib.Method, spec: runs_lib.RunSpec,
            f'--gin.MIXTURE_OR_TASK_NAME={_gin_str(task)}',
            f'--gin.TRAIN_STEPS={int(train_steps)}',
            f'--gin.RANDOM_SEED={int(spec.seed)}']
-  flags += [f'--gin.{b}' for b in (*extra, *method.bindings)]
+  keys = {'dataset': spec.dataset, 'size': spec.size}
+  flags += [f'--gin.{methods_lib.fill_template(b, keys)}' for b in (*extra, *method.bindings)]
   return flags
 
 
@@ -135,6 +138,7 @@ def eval_flags(method: methods_lib.Method, dataset: str,
   return [f'--gin.{EVAL_FN}.model=%MODEL', f'--gin.{EVAL_FN}.model_dir=%MODEL_DIR',
           f'--gin.{EVAL_FN}.eval_task={_gin_str(method.eval_task)}',
           f'--gin.{EVAL_FN}.dataset={_gin_str(dataset)}',
+          f'--gin.{EVAL_FN}.task_feature_lengths=%TASK_FEATURE_LENGTHS',
           *(f'--gin.{b}' for b in extra)]
 
 
@@ -193,7 +197,7 @@ def _last_line(path: pathlib.Path) -> Optional[str]:
       f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
       lines = [l for l in f.read().decode('utf-8', 'replace').splitlines()
                if l.strip() and not _NOISE.match(l)]
-    return lines[-1][:160] if lines else None
+    return lines[-1] if lines else None
   except OSError:
     return None
 
@@ -221,7 +225,7 @@ def subprocess_runner(argv: Sequence[str], log_path: pathlib.Path,
         except subprocess.TimeoutExpired:
           msg = progress() if progress else _last_line(log_path)
           if msg:
-            echo(f'    {msg} [{time.monotonic() - t0:.0f}s]')
+            echo(f'    {msg[:160]} [{time.monotonic() - t0:.0f}s]')
     except BaseException:
       proc.kill()
       proc.wait()
@@ -405,6 +409,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def load_config(gin_files: Sequence[str], bindings: Sequence[str]) -> SweepConfig:
+  gin.add_config_file_search_path(str(REPO_ROOT))
   gin.parse_config_files_and_bindings([_resolve_gin_file(f) for f in gin_files],
                                       bindings, finalize_config=False)
   return SweepConfig()  # pylint: disable=no-value-for-parameter

@@ -160,7 +160,10 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def config_from_hf(cfg: dict, where: str = 'config.json') -> T5Config:
-  """HF `T5Config` dict -> our `T5Config` (logits_via_embedding decided later)."""
+  """HF `T5Config` dict -> our `T5Config` (logits_via_embedding decided later).
+
+  Every field is passed explicitly so gin bindings of `T5Config` never leak in.
+  """
   for key in ('vocab_size', 'd_model', 'd_kv', 'd_ff', 'num_layers', 'num_heads'):
     if key not in cfg:
       raise ValueError(f'{where}: missing field {key!r}')
@@ -170,10 +173,11 @@ def config_from_hf(cfg: dict, where: str = 'config.json') -> T5Config:
       num_decoder_layers=cfg.get('num_decoder_layers') or cfg['num_layers'],
       head_dim=cfg['d_kv'], mlp_dim=cfg['d_ff'],
       mlp_activations=_activations_from_hf(cfg, where),
-      dropout_rate=0.0,
+      dropout_rate=0.0, logits_via_embedding=False, float32_attention_logits=False,
+      param_dtype='float32',
       relative_attention_num_buckets=cfg.get('relative_attention_num_buckets', 32),
       relative_attention_max_distance=cfg.get('relative_attention_max_distance', 128),
-      layer_norm_epsilon=cfg.get('layer_norm_epsilon', 1e-6))
+      layer_norm_epsilon=cfg.get('layer_norm_epsilon', 1e-6), remat_policy='none')
 
 
 def load_hf_checkpoint(path: str) -> tuple[T5Config, Params]:

@@ -93,17 +93,17 @@ T5X_LEGACY_VERSION = 3  # t5x.checkpoints.VERSION
 
 def write_t5x_params_checkpoint(checkpoint_dir: str, params: Any, step: int = 0) -> None:
   """T5X's legacy layout with the parameters only: a msgpack `checkpoint` file
-  `{'version': 3, 'optimizer': {'target': params, 'state': {'step': step,
-  'param_states': {}}}}` (arrays inline). T5X restores it with the optimizer
-  state dropped and re-initialised (docs/t5x.md)."""
+  `{'version': 3, 'optimizer': {'target': params, 'state': {'step': step}}}`
+  (arrays inline, no optimizer state). T5X restores it with the optimizer
+  state initialised afresh (docs/t5x.md); `t5x.checkpoints.load_t5x_checkpoint`
+  reads it too."""
   from flax import serialization  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   os.makedirs(checkpoint_dir, exist_ok=True)
   target = jax.tree.map(np.asarray, dict(params))
   contents = {'version': T5X_LEGACY_VERSION,
               'optimizer': {'target': target,
-                            'state': {'step': np.asarray(step, np.int32),
-                                      'param_states': {}}}}
+                            'state': {'step': np.asarray(step, np.int32)}}}
   tmp = os.path.join(checkpoint_dir, 'checkpoint.tmp')
   with open(tmp, 'wb') as f:
     f.write(serialization.msgpack_serialize(contents))

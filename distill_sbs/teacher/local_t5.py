@@ -8,9 +8,10 @@ all devices and the parameters replicated, then score the generated target
 teacher-forced with `models.topk_scores` to keep the top-k token ids and
 log-probs (log-softmax of the logits) at every target position.
 
-The stored target (`Completion.target_ids`) is the generated ids through EOS;
-when a stop sequence cuts the text, it is the re-tokenized cut text + EOS, and
-the top-k is scored on exactly that target.
+The stored target (`Completion.target_ids`) always ends with EOS: the generated
+ids before EOS (or before the length limit, or a generated PAD) + EOS; when a
+stop sequence cuts the text, the re-tokenized cut text + EOS. The top-k is
+scored teacher-forced on exactly that target ([L, k], L = len(target)).
 """
 from __future__ import annotations
 
@@ -124,6 +125,16 @@ class LocalT5Backend:
   def _shard(self, x: np.ndarray) -> jax.Array:
     return jax.device_put(x, NamedSharding(self.mesh, P('data')))
 
+  @staticmethod
+  def _target(row: np.ndarray) -> tuple[np.ndarray, str]:
+    """Generated ids before the first EOS, and why generation ended. A (rare)
+    generated PAD ends the text too, so no target has an interior 0 (which
+    scoring treats as padding)."""
+    end = np.nonzero((row == EOS_ID) | (row == PAD_ID))[0]
+    if not end.size:
+      return row, 'length'
+    return row[:end[0]], 'stop' if row[end[0]] == EOS_ID else 'pad'
+
   # -- one batch ---------------------------------------------------------------
   def generate_batch(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                      stop: Sequence[str] = (), batch_index: int = 0
@@ -144,25 +155,22 @@ class LocalT5Backend:
         method=method, temperature=max(sampling.temperature, 1e-6),
         topp=sampling.top_p if sampling.top_p < 1 else 0.0, rng=rng)
     tokens = np.asarray(tokens)                              # [rows, max_tokens]
-    targets = np.zeros((rows, sampling.max_tokens), np.int32)  # [rows, max_tokens]
+    # Targets always end with EOS (the FIRST contract: the field's tokens + EOS).
+    width = sampling.max_tokens + 1
+    targets = np.zeros((rows, width), np.int32)               # [rows, max_tokens + 1]
     texts, finish, lengths = [], [], []
     for r in range(len(prompts) * n):
-      row = tokens[r]
-      # Through the first EOS; a (rare) generated PAD ends the target too, so
-      # the target has no interior 0 (which scoring would treat as padding).
-      end = np.nonzero((row == EOS_ID) | (row == PAD_ID))[0]
-      eos = end[:1] if end.size and row[end[0]] == EOS_ID else end[:0]
-      ids = row[:end[0] + int(eos.size)] if end.size else row
+      ids, reason = self._target(tokens[r])
       text = self.decode(ids)
       cut = min((text.find(s) for s in stop if s and s in text), default=-1)
       if cut >= 0:
-        text = text[:cut]
-        ids = np.asarray((list(self.vocabulary.encode(text)) + [EOS_ID])
-                         [:sampling.max_tokens], np.int32)
+        text, reason = text[:cut], 'stop'
+        ids = np.asarray(list(self.vocabulary.encode(text))[:sampling.max_tokens], np.int32)
+      ids = np.append(ids[ids != EOS_ID], EOS_ID).astype(np.int32)
       targets[r, :len(ids)] = ids
       lengths.append(len(ids))
       texts.append(text)
-      finish.append('stop' if cut >= 0 or eos.size else 'length')
+      finish.append(reason)
     top_ids, top_lps = models.topk_scores(self.config, self.params, enc_dev,
                                           self._shard(targets), self.k)
     top_ids, top_lps = np.asarray(top_ids), np.asarray(top_lps)  # [rows, T, k]

@@ -86,6 +86,7 @@ class LoopbackServer:
     self.num_requests = 0
     self.served: dict[str, int] = {}   # fault name (or 'ok') -> count
     self.auth_headers: set[str] = set()
+    self.endpoints: dict[str, int] = {}  # request path -> count
     self._httpd: Optional[http.server.ThreadingHTTPServer] = None
     self._thread: Optional[threading.Thread] = None
 
@@ -150,6 +151,8 @@ class LoopbackServer:
           server.num_requests += 1
           server.auth_headers.add(self.headers.get('Authorization', ''))
         path = self.path.split('?')[0]
+        with server.lock:
+          server.endpoints[path] = server.endpoints.get(path, 0) + 1
         if not (path.endswith('/completions')):
           server._count('not_found')
           return self._send(404, b'{"error": {"message": "not found"}}')

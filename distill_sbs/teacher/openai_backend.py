@@ -138,12 +138,13 @@ def _completion_from_choice(choice: Any, chat: bool) -> Completion:
 
 @gin.configurable(module='distill_sbs.teacher')
 class OpenAIBackend:
-  """`TeacherBackend` over an OpenAI-compatible server."""
+  """`TeacherBackend` over an OpenAI-compatible server; chat-style prompts
+  (`Prompt.messages`) go to chat completions, text prompts to completions."""
   name = 'openai'
 
   def __init__(self, base_url: Optional[str] = None, model: Optional[str] = None, *,
                api_key_env: str = 'OPENAI_API_KEY', concurrency: int = 8,
-               timeout: float = 30.0, chat: bool = False,
+               timeout: float = 30.0,
                retry: Optional[RetryPolicy] = None, samples_via_n: bool = True,
                logprob_token_ids: bool = False,
                extra_body: Optional[Mapping[str, Any]] = None, seed: int = 0):
@@ -161,7 +162,6 @@ class OpenAIBackend:
     self.api_key_env = api_key_env
     self.concurrency = int(concurrency)
     self.timeout = float(timeout)
-    self.chat = bool(chat)
     self.retry = retry or RetryPolicy()  # gin-configured when bound
     self.samples_via_n = samples_via_n
     self.logprob_token_ids = logprob_token_ids
@@ -180,7 +180,7 @@ class OpenAIBackend:
   def describe(self) -> dict:
     """Manifest entry (never the key, only the variable's name)."""
     return {'backend': self.name, 'model': self.model, 'base_url': self.base_url,
-            'chat': self.chat, 'concurrency': self.concurrency,
+            'concurrency': self.concurrency,
             'timeout_s': self.timeout, 'api_key_env': self.api_key_env,
             'retry': dataclasses.asdict(self.retry)}
 
@@ -198,7 +198,7 @@ class OpenAIBackend:
       kw['stop'] = list(stop)[:4]
     if sampling.seed is not None:
       kw['seed'] = sampling.seed
-    if self.chat:
+    if prompt.messages is not None:  # Chat-style prompt: chat completions.
       kw['messages'] = prompt.as_openai_messages()
       if sampling.top_logprobs:
         kw['logprobs'] = True
@@ -213,14 +213,15 @@ class OpenAIBackend:
 
   async def _request(self, client: openai.AsyncOpenAI, kw: dict
                      ) -> tuple[list[Completion], int]:
-    if self.chat:
+    chat = 'messages' in kw
+    if chat:
       resp = await client.chat.completions.create(**kw)
     else:
       resp = await client.completions.create(**kw)
     choices = getattr(resp, 'choices', None)
     if not choices:
       raise MalformedResponse('response has no choices')
-    comps = [_completion_from_choice(c, self.chat)
+    comps = [_completion_from_choice(c, chat)
              for c in sorted(choices, key=lambda c: c.index or 0)]
     usage = getattr(resp, 'usage', None)
     if usage is not None and getattr(usage, 'completion_tokens', None):

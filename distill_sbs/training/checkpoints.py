@@ -78,8 +78,16 @@ def _is_hf_dir(path: str) -> bool:
       for f in os.listdir(path))
 
 
+def _t5x_checkpoint_file(path: str) -> Optional[str]:
+  """T5X's msgpack file: `checkpoint_N/checkpoint` or `checkpoint_N/state/checkpoint`."""
+  for cand in (os.path.join(path, 'checkpoint'), os.path.join(path, 'state', 'checkpoint')):
+    if os.path.isfile(cand):
+      return cand
+  return None
+
+
 def _is_t5x_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, 'checkpoint'))
+  return _t5x_checkpoint_file(path) is not None
 
 
 def _orbax_step_dir(path: str) -> Optional[str]:
@@ -216,13 +224,17 @@ def _is_ts_spec(x: Any) -> bool:
 def load_t5x_checkpoint(path: str) -> dict[str, Any]:
   """Reads a T5X `checkpoint_<step>` directory into nested numpy dicts.
 
-  The msgpack `checkpoint` file holds the state dict; partitioned arrays are
-  replaced by tensorstore specs whose kvstore paths are relative to the
-  checkpoint directory. Returns e.g. {'target': params, 'state': {...}}.
+  The msgpack `checkpoint` file holds {'version', 'optimizer': state dict};
+  partitioned arrays are replaced by tensorstore specs whose kvstore paths are
+  relative to the checkpoint directory. Returns the state dict, e.g.
+  {'target': params, 'state': {'step': ..., 'param_states': ...}}.
   """
   from flax import serialization  # pylint: disable=g-import-not-at-top
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
-  ckpt = os.path.join(path, 'checkpoint')
+  ckpt = _t5x_checkpoint_file(path)
+  if ckpt is None:
+    raise FileNotFoundError(f'{path!r} has no T5X msgpack checkpoint file')
+  path = os.path.dirname(ckpt)
   with open(ckpt, 'rb') as f:
     state = serialization.msgpack_restore(f.read())
 
@@ -271,6 +283,5 @@ def write_t5x_checkpoint(path: str, params: Mapping[str, Any], step: int = 0,
       out[key] = arr
   state = traverse_util.unflatten_dict(out)
   state['state'] = {'step': np.asarray(step, np.int32), 'param_states': {}}
-  state['version'] = 3
   with open(os.path.join(path, 'checkpoint'), 'wb') as f:
-    f.write(serialization.msgpack_serialize(state))
+    f.write(serialization.msgpack_serialize({'version': 3, 'optimizer': state}))

@@ -225,3 +225,15 @@ def test_prepend_mode_token():
   assert out['inputs'].numpy().tolist() == VOCAB.encode('[NLU]') + [5, 6]
   same = next(iter(ul2.prepend_mode_token(ds, FEATURES, mode=None)))
   assert same['inputs'].numpy().tolist() == [5, 6]
+
+
+def test_bad_lengths_and_vocabularies_raise():
+  ds = _as_dataset([np.arange(3, 30, dtype=np.int32)])
+  with pytest.raises(ValueError, match='leaves no room after the mode token'):
+    ul2.mixture_of_denoisers(ds, {'inputs': 6, 'targets': 8}, FEATURES, seed=0)
+  with pytest.raises(ValueError, match='needs sequence_length'):
+    ul2.mixture_of_denoisers(ds, None, FEATURES, seed=0)
+  no_sentinels = seqio.ByteVocabulary(extra_ids=0)
+  feats = {k: seqio.Feature(no_sentinels) for k in ('inputs', 'targets')}
+  with pytest.raises(ValueError, match='no extra ids'):
+    ul2.mixture_of_denoisers(ds, {'inputs': 32, 'targets': 32}, feats, seed=0)

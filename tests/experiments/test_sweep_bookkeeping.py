@@ -35,10 +35,11 @@ def test_plan_commands(tmp_path):
   assert r.model_dir == (tmp_path / 'out/runs/cqa_tiny/standard_finetune/frac50/seed0').resolve()
   assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_label_gold_50pct"' in r.train_argv
   assert '--gin.TRAIN_STEPS=3' in r.train_argv and '--gin.RANDOM_SEED=0' in r.train_argv
-  assert any(a.startswith('--gin_file=') and a.endswith('gin/sbs/cqa_tiny.gin')
+  assert any(a.startswith('--gin_file=') and a.endswith('gin/baselines/cqa_finetune_tiny.gin')
              for a in r.train_argv)
   full = [x for x in runs if x.spec.fraction == 1.0 and x.spec.method == 'sbs_llm']
-  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_llm"' in full[0].train_argv
+  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_paired_llm"' in full[0].train_argv
+  assert any(a.endswith('gin/sbs/cqa_tiny.gin') for a in full[0].train_argv)
   # Signatures hash the configuration (method, fraction task, steps); the seed
   # and run dir are in the spec.
   assert len({x.signature for x in runs}) == 4  # methods x fractions
@@ -71,7 +72,8 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
   assert float(r0['test_task_is_sbs_cqa_predict_gold']) == 1.0
   assert set(rows[0]) == {'dataset', 'size', 'method', 'fraction', 'seed', 'final_step',
                           'loss', 'learning_rate', 'eval/accuracy', 'test_accuracy', 'test_ece',
-                          'test_task_is_sbs_cqa_label_gold', 'test_task_is_sbs_cqa_predict_gold'}
+                          'test_task_is_sbs_cqa_label_gold', 'test_task_is_sbs_cqa_predict_gold',
+                          'train_seconds', 'eval_seconds'}
 
   summary = aggregate.read_csv(paths['summary'])
   s = [r for r in summary if r['method'] == 'sbs_llm' and r['fraction'] == 1.0][0]
@@ -95,7 +97,7 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
 def test_partial_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
   calls = tmp_path / 'calls.txt'
   monkeypatch.setenv('FAKE_TRAIN_CALLS', str(calls))
-  monkeypatch.setenv('FAKE_TRAIN_FAIL', 'sbs_cqa_llm')
+  monkeypatch.setenv('FAKE_TRAIN_FAIL', 'sbs_cqa_paired_llm')
   config = _config(tmp_path, keep_going=True)
   runner = lambda a, p, **kw: sweep.subprocess_runner(a, p, echo=_quiet, **kw)
   status = sweep.execute(config, runner=runner, log=_quiet)
@@ -108,7 +110,8 @@ def test_partial_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
   status = sweep.execute(config, runner=runner, log=_quiet)
   assert len(status['ran']) == 4 and len(status['skipped']) == 4
   assert sorted(calls.read_text().split('\n')[:-1]) == [
-      'sbs_cqa_llm 0', 'sbs_cqa_llm 1', 'sbs_cqa_llm_50pct 0', 'sbs_cqa_llm_50pct 1']
+      'sbs_cqa_paired_llm 0', 'sbs_cqa_paired_llm 1', 'sbs_cqa_paired_llm_50pct 0',
+      'sbs_cqa_paired_llm_50pct 1']
 
 
 def test_changed_config_refuses_to_mix(tmp_path):
@@ -137,7 +140,7 @@ def test_gin_config_and_cli_parsing(tmp_path):
   assert len(runs) == 2 * 2 * 3
   sbs = [r for r in runs if r.spec.method == 'sbs_llm'][0]
   assert '--gin.BATCH_SIZE=4' in sbs.train_argv
-  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_svamp_llm_12p5pct"' in sbs.train_argv
+  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_svamp_paired_llm_12p5pct"' in sbs.train_argv
 
 
 def test_bad_configs_raise_clear_errors(tmp_path):
@@ -147,3 +150,35 @@ def test_bad_configs_raise_clear_errors(tmp_path):
     _config(tmp_path, methods=('nope',))
   with pytest.raises(ValueError, match='KEY=VALUE'):
     _config(tmp_path, bindings=('BATCH_SIZE',))
+
+
+def test_train_progress_reads_metrics(tmp_path):
+  status = sweep.train_progress(tmp_path, 100)
+  assert status().startswith('starting')
+  long_rec = {'step': 10, 'loss': 2.5, **{f'metric_{i}': 0.123456 for i in range(20)}}
+  (tmp_path / 'metrics.jsonl').write_text(json.dumps(long_rec) + '\n')
+  assert status() == 'step 10/100 (10%) loss 2.500'
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write(json.dumps({'step': 20, 'loss': 2.0}) + '\n')
+  assert status().startswith('step 20/100 (20%) loss 2.000, ETA ')
+
+
+@pytest.mark.parametrize('ds', ['cqa', 'svamp', 'esnli', 'anli1'])
+def test_experiment_gins_plan_existing_gin_files(ds):
+  for name, sizes, n_methods in [(f'{ds}_tiny', ('tiny',), 5), (f'{ds}_tiny_first', ('tiny',), 7),
+                                 (f'{ds}_base', ('small', 'base'), 5)]:
+    with gin.unlock_config():
+      gin.clear_config()
+      config = sweep.load_config([f'gin/experiments/{name}.gin'], [])
+    gin.clear_config()
+    assert config.name == name and config.dataset == ds and config.sizes == sizes
+    runs = sweep.plan(config)
+    assert len(runs) == len(sizes) * n_methods * 5 * 3
+    for r in runs:
+      for a in r.train_argv:
+        if a.startswith('--gin_file='):
+          assert pathlib.Path(a.split('=', 1)[1]).exists(), a
+    if name.endswith('_base'):
+      assert "--gin.INITIAL_CHECKPOINT_PATH='checkpoints/t5-v1_1-small'" in runs[0].train_argv
+      assert '--gin.distill_sbs.experiments.evaluate.run_student_eval.model=%MODEL' in \
+          runs[0].eval_argv

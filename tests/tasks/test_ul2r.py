@@ -5,7 +5,6 @@ import gin
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 
 from distill_sbs.data import denoisers as dn
 from distill_sbs.data import paths
@@ -122,3 +121,24 @@ def test_mode_token_variants_of_sbs_tasks(sbs_data_dir, monkeypatch):
   assert ex['inputs'].tolist()[:5] == prefix == ex['rationale_inputs'].tolist()[:5]
   with pytest.raises(ValueError, match='unknown mode token'):
     ul2r.register_mode_token_variant('sbs_cqa_label_gold', '[XYZ]')
+
+
+def test_gin_selects_the_denoiser_mixture(tmp_path):
+  """gin/ul2r/ul2r.gin's knobs reach the registered tasks' preprocessor."""
+  plain = tmp_path / 'docs.txt'
+  plain.write_text('\n'.join(f'doc {i} ' + 'abc ' * 20 for i in range(30)) + '\n')
+  ul2r.register_ul2r_text_task('gin_mix', str(plain))
+  gin.clear_config()
+  try:
+    gin.parse_config(['from __gin__ import dynamic_registration',
+                      'from distill_sbs.data import ul2',
+                      'ul2.ul2r_objective.preset = None',
+                      'ul2.make_denoisers.r_rate = 0.0',
+                      'ul2.make_denoisers.x_rate = 0.0',
+                      'ul2.make_denoisers.s_rate = 1.0'])
+    _, used = _reconstruct('ul2r_gin_mix')
+  finally:
+    gin.clear_config()
+  assert used == {ul2.S2S}
+  _, used = _reconstruct('ul2r_gin_mix')  # default preset 'ul2r' again
+  assert used == set(ul2.MODE_TOKENS)

@@ -40,7 +40,7 @@ def test_faults_every_input_once_and_counts_add_up(cqa_data_dir, cqa_teacher, tm
       out_dir=str(tmp_path / 'out'), dataset='cqa', split='test',
       data_dir=str(cqa_data_dir), part_size=8, chat=chat, progress=False)
   with LoopbackServer(cqa_teacher, faults=faults) as server:
-    backend = _backend(server, chat=chat)
+    backend = _backend(server)
     manifest = generation.run(config, backend, base.SamplingConfig(max_tokens=64))
   # Every fault kind was served and retried past.
   for kind in ('rate_limit', 'server_error', 'stall', 'malformed'):
@@ -49,6 +49,7 @@ def test_faults_every_input_once_and_counts_add_up(cqa_data_dir, cqa_teacher, tm
                                          ('rate_limit', 'server_error', 'stall', 'malformed'))
   assert server.served['ok'] == len(inputs)
   assert server.auth_headers == {f'Bearer {SECRET}'}
+  assert set(server.endpoints) == {'/v1/chat/completions' if chat else '/v1/completions'}
 
   records = list(schema.read_records(str(tmp_path / 'out' / 'test.tfrecord-*')))
   assert [r['id'] for r in records] == [r['id'] for r in inputs]  # once each, in order
@@ -161,7 +162,7 @@ def test_logprobs_are_captured(tmp_path, monkeypatch, cqa_teacher):
     config = generation.GenerationConfig(out_dir=str(out), dataset='cqa', chat=chat,
                                          input_jsonl=str(rows), progress=False)
     with LoopbackServer(cqa_teacher) as server:
-      generation.run(config, _backend(server, chat=chat),
+      generation.run(config, _backend(server),
                      base.SamplingConfig(top_logprobs=3))
     lp = json.loads((out / 'train.logprobs.jsonl').read_text())
     rec = next(schema.read_records(str(out / 'train.tfrecord-*')))

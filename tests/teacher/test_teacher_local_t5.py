@@ -58,7 +58,7 @@ def test_topk_equals_log_softmax_of_the_logits(backend):
     enc[0, :len(ids)] = ids
     target = np.asarray(c.target_ids, np.int32)[None]            # [1, L]
     length = target.shape[1]
-    assert 1 <= length <= MAX_TOKENS and c.num_tokens == length
+    assert 1 <= length and c.num_tokens == length
     assert c.topk_ids.shape == c.topk_logprobs.shape == (length, K)
     shifted = np.pad(target, ((0, 0), (1, 0)))[:, :-1]
     logits = models.Transformer(config).apply({'params': params}, enc, shifted, target,
@@ -70,8 +70,12 @@ def test_topk_equals_log_softmax_of_the_logits(backend):
     # ... the ids are the k largest, best first ...
     np.testing.assert_allclose(c.topk_logprobs, -np.sort(-logp, axis=-1)[:, :K], atol=2e-4)
     assert np.all(np.diff(c.topk_logprobs, axis=-1) <= 0)
-    # ... and greedy decoding produced the top-1 token at every step.
-    np.testing.assert_array_equal(c.topk_ids[:, 0], c.target_ids)
+    # ... greedy decoding produced the top-1 token at every generated step, and
+    # the target ends with EOS (appended when generation hit the length limit).
+    assert c.target_ids[-1] == local_t5.EOS_ID and local_t5.EOS_ID not in c.target_ids[:-1]
+    n_gen = length - (c.finish_reason != 'stop')
+    np.testing.assert_array_equal(c.topk_ids[:n_gen, 0], c.target_ids[:n_gen])
+    assert length <= MAX_TOKENS + 1
     assert c.text == backend.decode(c.target_ids)
 
 
@@ -88,7 +92,7 @@ def test_local_run_writes_topk_records(backend, tmp_path):
   for r in records:
     ids, lps = schema.decode_topk(r)
     assert ids.shape == (len(r['teacher_target_ids']), K)
-    np.testing.assert_array_equal(ids[:, 0], r['teacher_target_ids'])
+    assert r['teacher_target_ids'][-1] == local_t5.EOS_ID
     assert r['teacher_topk_field'] == 'llm_output'
     assert r['teacher_vocab_hash'] == expect_hash
     assert r['teacher_topk_id_dtype'] == 'uint16'

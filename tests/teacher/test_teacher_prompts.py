@@ -134,6 +134,10 @@ def test_gin_files_bind_real_parameters(name):
   from distill_sbs.teacher import local_t5
   from distill_sbs.teacher import openai_backend
   repo = pathlib.Path(__file__).resolve().parents[2]
+  # Other tests in this process may hold gin bindings: restore them afterwards.
+  saved = {k: dict(v) for k, v in gin.config._CONFIG.items()}  # pylint: disable=protected-access
+  saved_imports = set(gin.config._IMPORTS)  # pylint: disable=protected-access
+  gin.clear_config()
   try:
     gin.parse_config_file(str(repo / 'gin' / 'teacher' / f'{name}.gin'))
     sampling = base.SamplingConfig()
@@ -151,3 +155,26 @@ def test_gin_files_bind_real_parameters(name):
       assert local_t5.LocalT5Backend.name == 'local'
   finally:
     gin.clear_config()
+    gin.config._CONFIG.update(saved)  # pylint: disable=protected-access
+    gin.config._IMPORTS.update(saved_imports)  # pylint: disable=protected-access
+
+
+def test_jsonl_inputs_and_errors_name_file_and_line(tmp_path):
+  from distill_sbs.teacher import inputs
+  path = tmp_path / 'in.jsonl'
+  path.write_text('{"premise": "p", "hypothesis": "h", "label": 1}\n\n'
+                  '{"id": "x", "inputs": "Premise: a\\nHypothesis: b"}\n')
+  exs = inputs.load_examples('esnli', 'train', input_jsonl=str(path))
+  assert exs == [inputs.Example('train-000000', 'Premise: p\nHypothesis: h', 'neutral'),
+                 inputs.Example('x', 'Premise: a\nHypothesis: b', '')]
+  assert len(inputs.load_examples('esnli', 'train', input_jsonl=str(path),
+                                  max_examples=1)) == 1
+  path.write_text('{"inputs": "a"}\n{"premise": "p"}\n')
+  with pytest.raises(ValueError, match=r"in.jsonl:2: .*missing field 'hypothesis'"):
+    inputs.load_examples('esnli', 'train', input_jsonl=str(path))
+  path.write_text('{"inputs": "a", "id": "d"}\n{"inputs": "b", "id": "d"}\n')
+  with pytest.raises(ValueError, match="duplicate example id 'd'"):
+    inputs.load_examples('esnli', 'train', input_jsonl=str(path))
+  path.write_text('[1]\n')
+  with pytest.raises(ValueError, match='in.jsonl:1: each line must be a JSON object'):
+    inputs.load_examples('esnli', 'train', input_jsonl=str(path))

@@ -48,10 +48,12 @@ def _flat(params):
   return traverse_util.flatten_dict(jax.device_get(params))
 
 
-@pytest.mark.parametrize('shape', [(2, 4), (8, 1)])
-def test_mesh_equivalence(batches, reference, shape):
+# The 2×4 run also accumulates gradients over 2 microbatches (saves a compile):
+# the mean of the microbatch gradients equals the full-batch gradient.
+@pytest.mark.parametrize('shape,microbatches', [((2, 4), 2), ((8, 1), 1)])
+def test_mesh_equivalence(batches, reference, shape, microbatches):
   ref_losses, ref_state, _ = reference
-  got_losses, state, tr = _train(shape, batches)
+  got_losses, state, tr = _train(shape, batches, num_microbatches=microbatches)
   np.testing.assert_allclose(got_losses, ref_losses, atol=1e-5)
   assert ref_losses[-1] < ref_losses[0]
   ref, got = _flat(ref_state.params), _flat(state.params)
@@ -63,15 +65,9 @@ def test_mesh_equivalence(batches, reference, shape):
   assert len(wi.addressable_shards) == shape[0] * shape[1]
   if shape[1] > 1:
     assert wi.addressable_shards[0].data.shape == (32, 64 // shape[1])
-
-
-def test_gradient_accumulation_equals_full_batch(batches, reference):
-  full, s_full, _ = reference
-  accum, s_acc, _ = _train((2, 4), batches, num_microbatches=2)
-  np.testing.assert_allclose(accum, full, atol=1e-5)
-  a, b = _flat(s_full.params), _flat(s_acc.params)
-  for k in a:
-    np.testing.assert_allclose(b[k], a[k], atol=1e-5)
+  # Accumulation really loops over microbatches in the compiled step.
+  lowered = tr._train_step.lower(state, tr.shard_batch(batches[0])).as_text()
+  assert ('stablehlo.while' in lowered) == (microbatches > 1)
 
 
 def test_restore_onto_another_mesh(tmp_path, batches, reference):
