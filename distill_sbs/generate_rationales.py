@@ -13,6 +13,10 @@ JSON-lines file (`--input_jsonl`, one object per line with `inputs` or the raw
 row fields, optional `id` and `label`). Output in `--out_dir`:
 `{split}.tfrecord-*` (the project's record schema), `manifest.json`,
 `failures.jsonl`, `config.gin`. Rerunning the same command resumes.
+`--copy_splits=validation,test` copies those prepared splits unchanged, so DIR
+is a complete records dir: `distill_sbs.tasks.sbs.register_sbs_tasks(ds,
+records_dir=DIR, prefix='sbs_myteacher')` trains on it with no conversion
+(FIRST top-k records from `--backend=local` are read by `data/topk.py`).
 
 Gin: `--gin_file=gin/teacher/vllm.gin --gin_bindings='...'` configure
 `GenerationConfig`, `SamplingConfig`, `OpenAIBackend`, `RetryPolicy`,

@@ -153,6 +153,9 @@ class CrossEntropyLoss:
 # ----------------------------------------------------------------------------
 
 _MIN_LOGPROB = -1e4   # floor for stored log-probs (−inf / float16 underflow)
+# Stored entries at or below this log-prob are absent (a teacher that returned
+# fewer than k alternatives pads with id 0 / −1e4): the student ignores them.
+ABSENT_LOGPROB = -1e3
 _TINY = 1e-30
 
 
@@ -180,17 +183,22 @@ def teacher_topk_log_probs(topk_logprobs: Array, *, temperature: float = 1.0,
 
 
 def student_topk_log_probs(student_logits: Array, topk_ids: Array, *,
-                           temperature: float = 1.0, rest_bucket: bool = False) -> Array:
+                           temperature: float = 1.0, rest_bucket: bool = False,
+                           present: Optional[Array] = None) -> Array:
   """Log of the student distribution over the teacher's k ids (see module notes).
 
   Args:
     student_logits: [..., vocab].
     topk_ids: [..., k] int ids (distinct per position on real tokens).
+    present: optional [..., k] bool; absent entries get log-prob −1e9 and are
+      left out of the re-normalisation and of the rest bucket's complement.
   Returns:
     [..., k] (or [..., k+1] with the rest bucket last) log-probabilities.
   """
   z = student_logits / temperature
   picked = jnp.take_along_axis(z, topk_ids, axis=-1)  # [..., k]
+  if present is not None:
+    picked = jnp.where(present, picked, -1e9)
   if not rest_bucket:
     return jax.nn.log_softmax(picked, axis=-1)
   log_p = picked - jax.nn.logsumexp(z, axis=-1, keepdims=True)  # [..., k]
@@ -208,6 +216,7 @@ def topk_kl_per_token(student_logits: Array, topk_ids: Array, topk_logprobs: Arr
   log_q = teacher_topk_log_probs(topk_logprobs.astype(dtype),
                                  temperature=teacher_temperature, rest_bucket=rest_bucket)
   log_s = student_topk_log_probs(student_logits.astype(dtype), topk_ids,
+                                 present=topk_logprobs > ABSENT_LOGPROB,
                                  temperature=student_temperature, rest_bucket=rest_bucket)
   return jnp.sum(jnp.exp(log_q) * (log_q - log_s), axis=-1)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import gin
 import numpy as np
@@ -67,8 +67,8 @@ def _decode(vocab: Any, tokens: np.ndarray) -> str:
   return vocab.decode([t for t in ids if t > 0])
 
 
-class Generator:
-  """`(encoder_input_tokens [b, l]) -> (tokens [b, t], log-probs [b])`."""
+class GenerateFn(Protocol):
+  """Greedy decoder: encoder_input_tokens [b, l] -> (tokens [b, t], log-probs [b])."""
 
   def __call__(self, encoder_input_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ...
@@ -89,7 +89,7 @@ class StudentEval:
 
 
 def evaluate_records(records: Sequence[dict[str, Any]], ds: str, vocab: Any,
-                     generate_fn: Callable[[np.ndarray], tuple[Any, Any]],
+                     generate_fn: GenerateFn,
                      score_fn: rank_classification.ScoreFn, *,
                      input_prefix: str = '', input_length: int = 256,
                      batch_size: int = 32, num_bins: int = 10,
@@ -166,7 +166,7 @@ def evaluate_records(records: Sequence[dict[str, Any]], ds: str, vocab: Any,
 
 
 def model_fns(config: Any, params: Any, max_decode_length: int
-              ) -> tuple[Callable, rank_classification.ScoreFn]:
+              ) -> tuple[GenerateFn, rank_classification.ScoreFn]:
   """(generate_fn, score_fn) over `distill_sbs.models` for a T5Config + params."""
   from distill_sbs import models  # pylint: disable=g-import-not-at-top
 

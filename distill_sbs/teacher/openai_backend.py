@@ -12,11 +12,13 @@ import asyncio
 import dataclasses
 import email.utils
 import json
+import logging
 import os
 import queue
 import random
 import threading
 import time
+import urllib.parse
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import gin
@@ -80,6 +82,15 @@ def retry_after_seconds(headers: Optional[Mapping[str, str]],
   except (TypeError, ValueError):
     return None
   return max(when - (time.time() if now is None else now), 0.0)
+
+
+def redact_url(url: str) -> str:
+  """The URL without user:password@ and query string (they may hold secrets)."""
+  parts = urllib.parse.urlsplit(url)
+  host = parts.hostname or ''
+  if parts.port:
+    host += f':{parts.port}'
+  return urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))
 
 
 class MalformedResponse(Exception):
@@ -169,9 +180,13 @@ class OpenAIBackend:
     if logprob_token_ids:  # vLLM: top-logprob tokens as 'token_id:N'.
       self.extra_body['return_tokens_as_token_ids'] = True
     self._rng = random.Random(seed)
+    self._warned_no_key = False
     self.stats = {'requests': 0, 'retries': 0, 'failed_attempts': {}}
 
   def _api_key(self) -> str:
+    if not os.environ.get(self.api_key_env) and not self._warned_no_key:
+      self._warned_no_key = True
+      logging.info('$%s is not set; sending the placeholder key %r', self.api_key_env, NO_KEY)
     return os.environ.get(self.api_key_env, '') or NO_KEY
 
   def record_fields(self) -> dict:
@@ -179,7 +194,7 @@ class OpenAIBackend:
 
   def describe(self) -> dict:
     """Manifest entry (never the key, only the variable's name)."""
-    return {'backend': self.name, 'model': self.model, 'base_url': self.base_url,
+    return {'backend': self.name, 'model': self.model, 'base_url': redact_url(self.base_url),
             'concurrency': self.concurrency,
             'timeout_s': self.timeout, 'api_key_env': self.api_key_env,
             'retry': dataclasses.asdict(self.retry)}

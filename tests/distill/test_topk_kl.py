@@ -213,3 +213,21 @@ def test_distill_loss_without_topk_falls_back_to_ce_only_when_asked():
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
   with pytest.raises(KeyError, match='decoder_topk_ids'):
     losses.TopKDistillLoss()(logits, plain)
+
+
+@pytest.mark.parametrize('rest', [False, True])
+def test_absent_entries_are_ignored(rest):
+  """A teacher with fewer than k alternatives pads with id 0 and log-prob −1e4:
+  the result equals the KL over the real entries only."""
+  rng = np.random.default_rng(7)
+  z, ids, lp, mask = _random_case(rng, k=3)
+  ids_pad = np.concatenate([ids, np.zeros(ids.shape[:2] + (2,), ids.dtype)], -1)
+  lp_pad = np.concatenate([lp, np.full(lp.shape[:2] + (2,), -1e4)], -1)
+  want, want_grad = np_topk_kl(z, ids, lp, mask, 1.5, 1.0, rest)
+  with jax.enable_x64(True):
+    f = lambda zz: losses.topk_kl(zz, jnp.asarray(ids_pad), jnp.asarray(lp_pad),
+                                  jnp.asarray(mask), teacher_temperature=1.5, rest_bucket=rest)
+    got = f(jnp.asarray(z))
+    grad = jax.grad(lambda zz: f(zz).sum())(jnp.asarray(z))
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, atol=1e-5)

@@ -158,3 +158,22 @@ def test_download_checksum_mismatch_and_offline_message(tmp_path):
     data_fetch.resolve_raw_dir('cqa', env={}, shared_dir=tmp_path / 'none',
                                cache_dir=tmp_path / 'cache2', url='http://127.0.0.1:9/x.zip',
                                timeout=5, log=lambda s: None)
+
+
+def test_demo_without_data_exits_with_a_clear_message(tmp_path, monkeypatch, capsys):
+  from distill_sbs.experiments import demo
+  monkeypatch.setenv('DISTILL_SBS_RAW_DIR', str(tmp_path / 'missing'))
+  rc = demo.main([f'--work_dir={tmp_path / "w"}', f'--report_dir={tmp_path / "r"}'])
+  assert rc == 2
+  err = capsys.readouterr().err
+  assert 'DISTILL_SBS_RAW_DIR' in err and 'does not hold a esnli/ folder' in err
+  assert not (tmp_path / 'r').exists()
+
+
+def test_demo_flags():
+  from distill_sbs.experiments import demo
+  cfg, fresh = demo.parse_args(['--dataset=cqa', '--train_steps=7', '--methods=sbs_gold',
+                                '--max_test_examples=0', '--fresh'])
+  assert (cfg.dataset, cfg.train_steps, cfg.methods, cfg.max_test_examples, fresh) == (
+      'cqa', 7, ('sbs_gold',), 0, True)
+  assert demo.parse_args([])[0] == demo.DemoConfig()

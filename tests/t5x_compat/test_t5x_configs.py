@@ -57,7 +57,7 @@ def test_run_grid_is_complete():
 
 
 @pytest.mark.parametrize('path', _run_files(), ids=lambda p: p.stem)
-def test_run_file_includes_t5x_run_model_and_method(path):
+def test_run_file_includes_runs_model_and_method(path):
   inc = _includes(path)
   assert len(inc) == 3, (path.name, inc)
   model, runs, method = inc

@@ -205,3 +205,4 @@ def test_backoff_and_retry_after_parsing():
   assert parse({'retry-after': 'soon'}) is None and parse({}) is None
   assert openai_backend.classify(json.JSONDecodeError('x', 'y', 0))[0]
   assert not openai_backend.classify(KeyError('k'))[0]
+  assert openai_backend.redact_url('http://u:pw@h:8000/v1?key=s') == 'http://h:8000/v1'
