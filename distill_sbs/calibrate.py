@@ -10,6 +10,15 @@ tokens are each record's `teacher_target_ids` when the record's
 `--gold_field=any` takes every record with a top-k. Prints the teacher's
 token-level ECE before and after scaling; the trainer reads T back with
 `distill_sbs.distill.temperature.read_teacher_temperature`.
+
+With `--checkpoint=HF_DIR` (a local T5 teacher) the records need no top-k: the
+teacher scores each record's gold `label` teacher-forced on
+`--input_template` (default '{inputs}') and its top-`--k` at every gold token is
+used; `--write_to=DIR` names the FIRST records directory whose manifest gets T
+(default: `--records`).
+
+  python -m distill_sbs.calibrate --records=$DATA/cqa --split=validation \
+      --checkpoint=/path/teacher_hf --write_to=$DATA/first/cqa
 """
 from __future__ import annotations
 
@@ -64,6 +73,41 @@ def load_gold_topk(pattern: str, gold_field: str = 'label'
   return np.concatenate(ids), np.concatenate(lps), np.concatenate(gold), stats
 
 
+def score_gold_topk(pattern: str, checkpoint: str, *, k: int = 5,
+                    input_template: str = '{inputs}', max_input_length: int = 512,
+                    max_target_length: int = 64, batch_size: int = 16
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+  """([N, k] ids, [N, k] log-probs, [N] gold ids, stats) from a local teacher
+  scoring the gold labels of the records teacher-forced."""
+  from distill_sbs import models  # pylint: disable=g-import-not-at-top
+  from distill_sbs.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from distill_sbs.models import decoding  # pylint: disable=g-import-not-at-top
+  config, params = models.load_hf_checkpoint(os.path.expanduser(checkpoint))
+  vocab = models.load_vocabulary(os.path.expanduser(checkpoint)) or vocab_lib.get_vocabulary()
+  recs = [r for r in schema.read_records(pattern) if r.get('label')]
+  if not recs:
+    raise ValueError(f'no record in {pattern} has a gold label to score')
+  ids_all, lps_all, gold_all = [], [], []
+  for start in range(0, len(recs), batch_size):
+    chunk = recs[start:start + batch_size]
+    n = batch_size  # fixed row count: one compilation
+    enc = np.zeros((n, max_input_length), np.int32)
+    tgt = np.zeros((n, max_target_length), np.int32)
+    for i, r in enumerate(chunk):
+      a = list(vocab.encode(input_template.format(**r)))[-(max_input_length - 1):] + [vocab.eos_id]
+      b = list(vocab.encode(r['label']))[:max_target_length - 1] + [vocab.eos_id]
+      enc[i, :len(a)], tgt[i, :len(b)] = a, b
+    ids, lps = decoding.topk_scores(config, params, enc, tgt, k)
+    ids, lps = np.asarray(ids), np.asarray(lps)
+    for i in range(len(chunk)):
+      real = tgt[i] > 0
+      ids_all.append(ids[i][real])
+      lps_all.append(lps[i][real])
+      gold_all.append(tgt[i][real])
+  stats = {'records': len(recs), 'used': len(recs), 'fields_seen': ['label']}
+  return np.concatenate(ids_all), np.concatenate(lps_all), np.concatenate(gold_all), stats
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
   p = argparse.ArgumentParser(prog='python -m distill_sbs.calibrate', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,17 +121,30 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument('--out', default=None, help='optional JSON report path')
   p.add_argument('--plot_dir', default=None, help='optional reliability diagram directory')
   p.add_argument('--no_write_manifest', action='store_true')
+  p.add_argument('--checkpoint', default=None, help='local teacher (HF dir) scoring gold labels')
+  p.add_argument('--k', type=int, default=5)
+  p.add_argument('--input_template', default='{inputs}')
+  p.add_argument('--max_input_length', type=int, default=512)
+  p.add_argument('--max_target_length', type=int, default=64)
+  p.add_argument('--batch_size', type=int, default=16)
+  p.add_argument('--write_to', default=None, help='records dir whose manifest gets T')
   args = p.parse_args(argv)
 
   pattern = _pattern(args.records, args.split)
-  ids, lps, gold, stats = load_gold_topk(pattern, args.gold_field)
+  if args.checkpoint:
+    ids, lps, gold, stats = score_gold_topk(
+        pattern, args.checkpoint, k=args.k, input_template=args.input_template,
+        max_input_length=args.max_input_length, max_target_length=args.max_target_length,
+        batch_size=args.batch_size)
+  else:
+    ids, lps, gold, stats = load_gold_topk(pattern, args.gold_field)
   fit = temp.fit_temperature(ids, lps, gold, bounds=(args.min_temperature, args.max_temperature),
                              outside=args.outside, num_bins=args.num_bins)
   report = dict(fit.as_dict(), records=pattern, split=args.split, gold_field=args.gold_field,
                 num_records=stats['used'], k=int(ids.shape[1]))
   if not args.no_write_manifest:
     report['manifest'] = temp.write_teacher_temperature(
-        args.records, fit, split=args.split, gold_field=args.gold_field,
+        args.write_to or args.records, fit, split=args.split, gold_field=args.gold_field,
         num_records=stats['used'])
   if args.plot_dir:
     from distill_sbs.metrics import reliability

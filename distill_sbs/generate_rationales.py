@@ -70,6 +70,7 @@ flags.DEFINE_string('checkpoint', None, 'Local teacher: HF directory or our chec
 flags.DEFINE_integer('batch_size', 16, 'Local teacher batch size.')
 flags.DEFINE_integer('topk', 5, 'Local teacher: top-k stored per target token.')
 flags.DEFINE_integer('max_input_length', 1024, 'Local teacher: prompt tokens (left-truncated).')
+flags.DEFINE_integer('model_parallel', 1, "Local teacher: devices per model replica ('model' axis).")
 # Gin.
 flags.DEFINE_multi_string('gin_file', [], 'Gin files.')
 flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings.')
@@ -81,7 +82,8 @@ _SAMPLING_FLAGS = ('num_samples', 'temperature', 'top_p', 'max_tokens', 'top_log
                    'seed')
 _HTTP_FLAGS = ('base_url', 'model', 'api_key_env', 'concurrency', 'timeout',
                'samples_via_n', 'logprob_token_ids')
-_LOCAL_FLAGS = ('checkpoint', 'model', 'batch_size', 'topk', 'max_input_length')
+_LOCAL_FLAGS = ('checkpoint', 'model', 'batch_size', 'topk', 'max_input_length',
+                'model_parallel')
 _RENAME = {'topk': 'k'}
 
 

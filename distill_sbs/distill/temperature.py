@@ -144,6 +144,7 @@ def write_teacher_temperature(records: str, fit: TemperatureFit, **extra: Any) -
       raise ValueError(f'{path}: manifest must be a JSON object')
   manifest[MANIFEST_KEY] = fit.temperature
   manifest['teacher_calibration'] = dict(fit.as_dict(), **extra)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp-{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(manifest, f, indent=2, sort_keys=True)

@@ -3,8 +3,9 @@
 Per batch of prompts: tokenize (EOS-terminated, left-truncated to
 `max_input_length`, padded to a power-of-two length bucket and to a fixed row
 count divisible by the device count), run the jit-compiled decoder of
-`distill_sbs.models.generate` with the batch sharded over a 1-D 'data' mesh of
-all devices and the parameters replicated, then score the generated target
+`distill_sbs.models.generate` with the batch sharded over the 'data' axis of a
+('data', 'model') mesh of all devices and the parameters replicated (or, with
+`model_parallel > 1`, split over 'model' by T5X's logical axis rules), then score the generated target
 teacher-forced with `models.topk_scores` to keep the top-k token ids and
 log-probs (log-softmax of the logits) at every target position.
 
@@ -62,7 +63,7 @@ class LocalT5Backend:
   def __init__(self, checkpoint: Optional[str] = None, model: Optional[str] = None, *,
                batch_size: int = 16, k: int = 5, max_input_length: int = 1024,
                model_config: Optional[models.T5Config] = None,
-               spm_path: Optional[str] = None, seed: int = 0,
+               spm_path: Optional[str] = None, seed: int = 0, model_parallel: int = 1,
                config: Optional[models.T5Config] = None, params: Any = None,
                vocabulary: Any = None, devices: Optional[Sequence[Any]] = None):
     if (checkpoint is None) == (params is None):
@@ -86,9 +87,14 @@ class LocalT5Backend:
     self.k = int(k)
     self.max_input_length = int(max_input_length)
     self.seed = int(seed)
-    self.mesh = Mesh(np.asarray(list(devices or jax.devices())), ('data',))
-    self._ndev = self.mesh.devices.size
-    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    devs = list(devices or jax.devices())
+    if model_parallel < 1 or len(devs) % model_parallel:
+      raise ValueError(f'LocalT5Backend.model_parallel={model_parallel} must divide the '
+                       f'{len(devs)} devices')
+    self.model_parallel = int(model_parallel)
+    self.mesh = Mesh(np.asarray(devs).reshape(-1, self.model_parallel), ('data', 'model'))
+    self._ndev = self.mesh.shape['data']   # rows of a batch must divide this
+    self.params = jax.device_put(params, self._param_shardings(config, params))
     self.stats = {'batches': 0, 'truncated_prompts': 0, 'generated_tokens': 0}
     try:
       self._vocab_hash = vocab_lib.vocab_hash(vocabulary)
@@ -101,7 +107,8 @@ class LocalT5Backend:
   def describe(self) -> dict:
     return {'backend': self.name, 'model': self.model, 'checkpoint': self.checkpoint,
             'batch_size': self.batch_size, 'topk': self.k,
-            'max_input_length': self.max_input_length, 'devices': self._ndev,
+            'max_input_length': self.max_input_length,
+            'devices': int(self.mesh.devices.size), 'model_parallel': self.model_parallel,
             'vocab_size': self.config.vocab_size, 'teacher_vocab_hash': self._vocab_hash}
 
   def close(self) -> None:
@@ -118,6 +125,20 @@ class LocalT5Backend:
   def decode(self, ids: Sequence[int]) -> str:
     size = self.vocabulary.vocab_size
     return self.vocabulary.decode([int(i) for i in ids if 1 < int(i) < size])
+
+  def _param_shardings(self, config: models.T5Config, params: Any) -> Any:
+    """Replicated, or (model_parallel > 1) T5X's standard logical axis rules."""
+    if self.model_parallel == 1:
+      return NamedSharding(self.mesh, P())
+    from flax import linen as nn  # pylint: disable=g-import-not-at-top
+    from distill_sbs.training import partitioning  # pylint: disable=g-import-not-at-top
+    x = jax.ShapeDtypeStruct((1, 8), np.int32)
+    abstract = jax.eval_shape(lambda a: models.Transformer(config).init(
+        jax.random.PRNGKey(0), a, a, a, enable_dropout=False), x)['params']
+    shardings = nn.logical_to_mesh_sharding(
+        nn.get_partition_spec(abstract), self.mesh,
+        partitioning.standard_logical_axis_rules())
+    return jax.tree.map(lambda _, sh: sh, params, shardings)
 
   def _rows(self, n: int) -> int:
     return -(-n // self._ndev) * self._ndev

@@ -8,7 +8,6 @@ from typing import Any, Optional
 import gin
 import jax
 import numpy as np
-import seqio
 
 from distill_sbs.training import checkpoints as ckpt_lib
 from distill_sbs.training import evaluation

@@ -1,7 +1,7 @@
 """`Trainer`: the jitted, mesh-sharded train and evaluation steps."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp

@@ -48,3 +48,46 @@ def test_calibrate_cli_errors_name_the_fields(tmp_path):
     calibrate.main([f'--records={tmp_path}', '--gold_field=rationale', '--split=validation'])
   with pytest.raises(FileNotFoundError, match='test.tfrecord'):
     calibrate.main([f'--records={tmp_path}', '--split=test'])
+
+
+def test_calibrate_with_a_local_teacher_scoring_gold_labels(tmp_path):
+  """--checkpoint: a tiny HF teacher scores the gold labels; T equals the fit on
+  its own top-k computed directly (a random teacher rarely has the gold token in
+  its top-k, so the rest bucket scores those tokens)."""
+  import jax
+  import jax.numpy as jnp
+  from flax.core import meta
+  from distill_sbs import models
+  from distill_sbs.data import vocab as vocab_lib
+  from distill_sbs.distill import temperature
+  from distill_sbs.models import decoding
+  config = models.T5Config(vocab_size=384, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
+                           num_encoder_layers=1, num_decoder_layers=1,
+                           relative_attention_num_buckets=8, relative_attention_max_distance=20)
+  x = jnp.ones((2, 8), jnp.int32)
+  params = meta.unbox(models.Transformer(config).init(jax.random.PRNGKey(0), x, x, x,
+                                                      enable_dropout=False)['params'])
+  models.save_hf_checkpoint(tmp_path / 'teacher', config, params)
+  recs = [{'id': f'v{i}', 'inputs': f'q{i}', 'label': 'ab'[i % 2] * (1 + i % 3)}
+          for i in range(6)]
+  schema.write_shards(str(tmp_path / 'prep'), 'validation', recs)
+  report = calibrate.main([f'--records={tmp_path / "prep"}', '--split=validation',
+                           f'--checkpoint={tmp_path / "teacher"}', '--k=4',
+                           '--input_template=Q: {inputs}', '--max_input_length=16',
+                           '--max_target_length=8', '--batch_size=4', '--outside=rest',
+                           f'--write_to={tmp_path / "first"}'])
+  vocab = vocab_lib.get_vocabulary()
+  enc = np.zeros((6, 16), np.int32)
+  tgt = np.zeros((6, 8), np.int32)
+  for i, r in enumerate(recs):
+    a = vocab.encode('Q: ' + r['inputs']) + [1]
+    b = vocab.encode(r['label']) + [1]
+    enc[i, :len(a)], tgt[i, :len(b)] = a, b
+  ids, lps = decoding.topk_scores(config, params, enc, tgt, 4)
+  real = tgt > 0
+  fit = temperature.fit_temperature(np.asarray(ids)[real], np.asarray(lps)[real], tgt[real],
+                                    outside='rest')
+  assert report['num_tokens'] == int(real.sum())
+  assert report['temperature'] == pytest.approx(fit.temperature, rel=1e-4)
+  m = json.loads((tmp_path / 'first' / 'manifest.json').read_text())
+  assert m['teacher_temperature'] == report['temperature']

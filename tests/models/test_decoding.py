@@ -70,6 +70,37 @@ def test_kv_cache_steps_equal_full_recomputation(setup):
   assert int(index) == LEN
 
 
+def test_cache_survives_t5x_beam_expansion(setup):
+  """T5X's beam search repeats every cache leaf but `cache_index` per beam
+  (`decoding.cache_map` + `flat_batch_beam_expand`) after the init call."""
+  params, inputs, (tokens, _) = setup
+  beams = 2
+  targets = np.where(tokens > 0, tokens, 5)
+  dec_in = np.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+  model = models.Transformer(CFG)
+  cache = model.init(jax.random.PRNGKey(0), jnp.ones(inputs.shape, jnp.int32),
+                     jnp.ones(targets.shape, jnp.int32), jnp.ones(targets.shape, jnp.int32),
+                     decode=True, enable_dropout=False)['cache']
+  expand = lambda x: jnp.repeat(x, beams, axis=0)
+  cache = jax.tree_util.tree_map_with_path(
+      lambda path, x: x if path[-1].key == 'cache_index' else expand(x), cache)
+  flat_inputs = expand(inputs)
+  encoded = expand(model.apply({'params': params}, inputs, enable_dropout=False,
+                               method=model.encode))
+  full = model.apply({'params': params}, inputs, dec_in, targets, enable_dropout=False)
+
+  @jax.jit
+  def step(cache, token):
+    return model.apply({'params': params, 'cache': cache}, encoded, flat_inputs, token,
+                       token, enable_dropout=False, decode=True, max_decode_length=LEN,
+                       mutable=['cache'], method=model.decode)
+
+  for i in range(3):
+    logits, new_vars = step(cache, expand(dec_in[:, i:i + 1]))
+    cache = new_vars['cache']
+    np.testing.assert_allclose(logits[:, 0], expand(full[:, i]), atol=1e-4)
+
+
 def test_sampling_limits(setup):
   params, inputs, (tokens, log_probs) = setup
   cold, cold_lp = models.generate(CFG, params, inputs, max_decode_length=LEN,

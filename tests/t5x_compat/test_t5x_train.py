@@ -32,10 +32,61 @@ def _train_losses(model_dir):
   return sorted(out)
 
 
-def test_t5x_train_sbs_cqa_tiny(tmp_path, raw_dir):
+def _require_t5x_configs():
   if not (T5X_ROOT / 't5x' / 'configs' / 'runs' / 'finetune.gin').is_file():
     pytest.skip(f"T5X's run gin files are not under {T5X_ROOT} (install T5X from its "
                 'repository, see docs/t5x.md)')
+
+
+@pytest.fixture
+def t5x_gin(monkeypatch):
+  """gin with T5X's and this repo's search paths; `__main__.train` as in
+  `python -m t5x.train` (T5X's run files `import __main__ as train_script`)."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import t5x.train  # pylint: disable=g-import-not-at-top
+  _require_t5x_configs()
+  monkeypatch.setattr(sys.modules['__main__'], 'train', t5x.train.train, raising=False)
+  gin.clear_config()
+  for p in (str(T5X_ROOT), str(REPO)):
+    gin.add_config_file_search_path(p)
+  yield gin
+  gin.clear_config()
+
+
+def test_every_run_file_builds_its_t5x_model(t5x_gin, tmp_path, monkeypatch):
+  monkeypatch.setenv('DISTILL_SBS_DATA_DIR', str(tmp_path))  # no calibrated manifests
+  import seqio  # pylint: disable=g-import-not-at-top
+  from distill_sbs import t5x_compat  # pylint: disable=g-import-not-at-top
+  kinds = {'sbs': t5x_compat.SbsEncoderDecoderModel,
+           'first': t5x_compat.FirstEncoderDecoderModel}
+  files = sorted(p for p in (REPO / 't5x_configs' / 't5x').glob('*_*.gin')
+                 if p.stem != 'from_project_checkpoint')
+  assert len(files) == 47
+  for path in files:
+    t5x_gin.clear_config()
+    t5x_gin.parse_config_files_and_bindings(
+        [str(path.relative_to(REPO))],
+        ["MODEL_DIR = '/tmp/unused'", 'ALPHA = 0.3',
+         'distill_sbs.data.topk.teacher_temperature.default = 1.7'],
+        finalize_config=False)
+    model = t5x_gin.query_parameter('%MODEL').scoped_configurable_fn()
+    kind = path.stem.split('_')[0]
+    assert type(model) is kinds.get(kind, t5x_compat.ProjectLossEncoderDecoderModel), path
+    assert type(model.module).__module__ == 'distill_sbs.models.network'
+    seqio.get_mixture_or_task(t5x_gin.query_parameter('%MIXTURE_OR_TASK_NAME'))
+    conv = model.FEATURE_CONVERTER_CLS(pack=False, use_custom_packing_ops=False)
+    if kind == 'sbs':
+      assert conv.alpha == 0.3
+      assert model.project_loss_fn.loss_normalizing_factor == 'PER_TASK_TOKENS'
+    elif kind == 'first':
+      assert isinstance(conv, t5x_compat.TopKFeatureConverter)
+      assert model.project_loss_fn.teacher_temperature == 1.7
+    else:
+      assert type(conv) is seqio.EncDecFeatureConverter
+
+
+def test_t5x_train_sbs_cqa_tiny(tmp_path, raw_dir):
+  _require_t5x_configs()
   env = dict(os.environ, DISTILL_SBS_DATA_DIR=str(tmp_path / 'data'),
              CUDA_VISIBLE_DEVICES='', XLA_FLAGS='', JAX_PLATFORMS='cpu')
   subprocess.run([sys.executable, '-m', 'distill_sbs.data.prepare', '--raw_dir',
