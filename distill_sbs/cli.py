@@ -10,12 +10,14 @@ COMMANDS = {
     'eval': 'distill_sbs.eval',
     'infer': 'distill_sbs.infer',
 }
-# Subcommands other engineers' entry points provide (used when importable).
+# Other entry points: module and how its `main` takes arguments ('argparse':
+# main(args without the program name); 'absl': main(argv) under absl.app.run).
 OPTIONAL_COMMANDS = {
     'prepare': 'distill_sbs.data.prepare',
     'generate_rationales': 'distill_sbs.generate_rationales',
     'calibrate': 'distill_sbs.calibrate',
 }
+ARGPARSE_COMMANDS = ('prepare', 'calibrate')
 
 
 def _usage() -> str:
@@ -39,8 +41,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if entry is not None:
     entry(sub_argv)
     return
+  if command in ARGPARSE_COMMANDS:
+    result = module.main(argv[2:])
+    raise SystemExit(result if isinstance(result, int) else 0)
   from absl import app  # pylint: disable=g-import-not-at-top
-  app.run(module.main, argv=sub_argv)
+  app.run(lambda a: sys.exit(module.main(a)), argv=sub_argv)
 
 
 if __name__ == '__main__':

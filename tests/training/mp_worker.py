@@ -9,7 +9,7 @@ import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-import helpers
+import train_helpers as helpers
 from distill_sbs.training import partitioning
 from distill_sbs.training import trainer as trainer_lib
 

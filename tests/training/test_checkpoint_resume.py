@@ -10,7 +10,7 @@ import time
 import numpy as np
 from flax import traverse_util
 
-import helpers
+import train_helpers as helpers
 from distill_sbs.training import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-import helpers
+import train_helpers as helpers
 import tiny_tasks
 from distill_sbs.training import evaluation
 from distill_sbs.training import inference

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-import helpers
+import train_helpers as helpers
 from distill_sbs.training import checkpoints
 from distill_sbs.training import partitioning
 from distill_sbs.training import train_state as ts_lib

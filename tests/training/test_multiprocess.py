@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-import helpers
+import train_helpers as helpers
 import mp_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
