@@ -353,7 +353,8 @@ def write_outputs(config: SweepConfig) -> dict[str, pathlib.Path]:
 
 def _write_report(config: SweepConfig, summary, metric: str,
                   paths: Mapping[str, pathlib.Path], n_done: int) -> pathlib.Path:
-  methods = methods_lib.resolve(config.methods, config.method_overrides)
+  methods = [m.fill(config.dataset, '{size}', max(config.fractions))
+             for m in methods_lib.resolve(config.methods, config.method_overrides)]
   order = {m.name: i for i, m in enumerate(methods)}
   rows = sorted(summary, key=lambda r: (SIZES_ORDER.index(r['size'])
                                         if r['size'] in SIZES_ORDER else 99,
@@ -372,8 +373,9 @@ def _write_report(config: SweepConfig, summary, metric: str,
           f' seeds: {", ".join(map(str, config.seeds))}; train steps: {config.train_steps}',
           f'- runs finished: {n_done} of {n_planned}',
           f'- extra bindings: {", ".join(config.bindings) or "none"}'])),
-      ('Methods', '\n'.join(f'- `{m.name}`: {m.description} (task `'
-                            f'{m.task}`, gin {", ".join(m.gin_files)})' for m in methods)),
+      ('Methods', '\n'.join(f'- `{m.name}`: {m.description} (task `{m.task}`, tested '
+                            f'on `{m.eval_task}`, gin {", ".join(m.gin_files)})'
+                            for m in methods)),
       (f'Results ({metric}, mean ± std over seeds)', table),
       ('Data efficiency', report.image(paths['vs_fraction'].name, 'accuracy vs data')),
   ]

@@ -85,6 +85,7 @@ def check_required_macros(names: Optional[Sequence[str]] = None) -> None:
       continue
     if _is_required(value):
       missing.append(name)
+  missing = sorted(set(missing))
   if missing:
     hint = ' '.join(f'--gin.{n}=...' for n in missing)
     raise ValueError(f'required gin macro(s) not set: {", ".join(missing)} '

@@ -29,7 +29,9 @@ def _setup(model, checkpoint_path: str, mesh_config: Optional[partitioning.MeshC
 
 
 def _step_of(checkpoint_path: str) -> int:
-  base = os.path.basename(os.path.normpath(checkpoint_path))
+  """The step of a checkpoint path (a run dir: its latest step); -1 if unknown."""
+  step_dir = ckpt_lib._orbax_step_dir(os.path.abspath(checkpoint_path))  # pylint: disable=protected-access
+  base = os.path.basename(os.path.normpath(step_dir or checkpoint_path))
   digits = ''.join(c for c in base if c.isdigit())
   return int(digits) if digits else -1
 

@@ -53,3 +53,23 @@ def test_missing_model_dir_is_named():
         gin_utils.parse_gin([str(REPO / 'gin' / 'sbs' / 'cqa_tiny.gin')], [], [str(REPO)])
     finally:
       gin.clear_config()
+
+
+@pytest.mark.parametrize('run,required', [
+    ('eval', ['MIXTURE_OR_TASK_NAME', 'CHECKPOINT_PATH', 'EVAL_OUTPUT_DIR']),
+    ('infer', ['MIXTURE_OR_TASK_NAME', 'CHECKPOINT_PATH', 'INFER_OUTPUT_DIR']),
+    ('pretrain', ['MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS', 'MODEL_DIR']),
+    ('finetune', ['MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS', 'MODEL_DIR'])])
+def test_run_gins_require_their_macros(run, required):
+  files = [str(REPO / 't5x_configs/models/t5_1_1/tiny.gin'),
+           str(REPO / f't5x_configs/runs/{run}.gin')]
+  with gin.unlock_config():
+    gin.clear_config()
+    try:
+      with pytest.raises(ValueError) as e:
+        gin_utils.parse_gin(files, [], [str(REPO)])
+      assert f'not set: {", ".join(sorted(required))}' in str(e.value)
+      gin.clear_config()
+      gin_utils.parse_gin(files, [f"{m} = 'x'" for m in required], [str(REPO)])
+    finally:
+      gin.clear_config()
