@@ -20,9 +20,10 @@ Model features (T5X names), per row:
                                        rationale-row tokens, 0 on padding
   decoder_task_ids      [targets_len]  int32: 0 label row, 1 rationale row
 Both rows use the `inputs` / `targets` lengths of `task_feature_lengths` (the
-same keys as T5X's TASK_FEATURE_LENGTHS); rationale features are trimmed to
-them. A dataset without `rationale_*` features (e.g. a label task at eval)
-gives one label row per example with weight 1. Packing is not supported.
+same keys as T5X's TASK_FEATURE_LENGTHS) as static shapes in `element_spec`;
+rationale features are trimmed to them. A dataset without `rationale_*`
+features (e.g. a label task at eval) gives one label row per example with
+weight 1. Packing is not supported.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ RATIONALE_TASK_ID = 1
 
 
 def _fit(x: tf.Tensor, length: int) -> tf.Tensor:
-  """Trims / zero-pads a 1-D int tensor to `length`."""
+  """Trims / zero-pads a 1-D int tensor to `length` (static shape [length]:
+  T5X sizes the model from the dataset's `element_spec`)."""
   x = tf.cast(x[:length], tf.int32)
-  return tf.pad(x, [[0, length - tf.shape(x)[0]]])
+  return tf.ensure_shape(tf.pad(x, [[0, length - tf.shape(x)[0]]]), [length])
 
 
 def _shift_right(targets: tf.Tensor, bos_id: int) -> tf.Tensor:

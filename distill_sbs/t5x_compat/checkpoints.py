@@ -13,14 +13,13 @@ writes a project run directory that `python -m distill_sbs.eval` (and
 `INITIAL_CHECKPOINT_PATH`) read; `--project=PATH --to_t5x=DIR` writes a T5X
 legacy checkpoint of the parameters, which T5X restores as
 `INITIAL_CHECKPOINT_PATH` with the optimizer state initialised afresh (see
-docs/t5x.md). The project's own reader also takes T5X legacy checkpoints
-directly.
+docs/t5x.md). The project's own reader (`training.checkpoints.read_params`,
+which this module uses) also takes T5X checkpoints, Orbax and legacy, directly.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from typing import Any, Optional, Sequence
 
@@ -28,47 +27,18 @@ import numpy as np
 
 from distill_sbs.training import checkpoints as project_checkpoints
 
-_T5X_STEP = re.compile(r'checkpoint_(\d+)$')
-
-
-def t5x_checkpoint_dir(path: str, step: Optional[int] = None) -> str:
-  """`path` if it is a T5X `checkpoint_<step>` directory, else the one for
-  `step` (default: the latest) inside the T5X model directory `path`."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if _is_t5x_step_dir(path):
-    return path
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'T5X checkpoint path {path!r} is not a directory')
-  steps = sorted(int(m.group(1)) for d in os.listdir(path)
-                 if (m := _T5X_STEP.match(d)) and _is_t5x_step_dir(os.path.join(path, d)))
-  if not steps:
-    raise FileNotFoundError(f'{path!r} holds no T5X checkpoint_<step> directory')
-  if step is None:
-    step = steps[-1]
-  if step not in steps:
-    raise FileNotFoundError(f'{path!r} has no checkpoint_{step} (steps: {steps})')
-  return os.path.join(path, f'checkpoint_{step}')
-
-
-def _is_t5x_step_dir(path: str) -> bool:
-  return (os.path.isfile(os.path.join(path, 'checkpoint')) or
-          os.path.isdir(os.path.join(path, 'state')))
+# One implementation, in the project's trainer (it reads T5X checkpoints
+# without T5X installed); re-exported here for the converter's users.
+t5x_checkpoint_dir = project_checkpoints.t5x_checkpoint_dir
+read_t5x_params = project_checkpoints.read_t5x_params
+T5X_LEGACY_VERSION = project_checkpoints.T5X_LEGACY_VERSION
 
 
 def t5x_step(checkpoint_dir: str) -> int:
-  m = _T5X_STEP.search(os.path.basename(os.path.normpath(checkpoint_dir)))
-  return int(m.group(1)) if m else 0
-
-
-def read_t5x_params(path: str, step: Optional[int] = None) -> dict[str, Any]:
-  """Parameters (nested dict of numpy arrays) of a T5X checkpoint, Orbax or legacy."""
-  ckpt = t5x_checkpoint_dir(path, step)
-  if os.path.isfile(os.path.join(ckpt, 'checkpoint')):
-    return project_checkpoints.load_t5x_checkpoint(ckpt)['target']
-  state = project_checkpoints.read_orbax_state(ckpt)
-  if 'target' not in state:
-    raise ValueError(f'{ckpt}/state: no parameters under target/ (keys: {sorted(state)})')
-  return state['target']
+  """The step of a `checkpoint_<step>` directory (0 when the name has none)."""
+  step = project_checkpoints.step_from_dir_name(
+      os.path.basename(os.path.normpath(checkpoint_dir)))
+  return 0 if step is None else step
 
 
 def t5x_to_project(t5x_path: str, model_dir: str, step: Optional[int] = None) -> str:
@@ -88,26 +58,14 @@ def t5x_to_project(t5x_path: str, model_dir: str, step: Optional[int] = None) ->
   return os.path.join(ckptr.directory, str(out_step))
 
 
-T5X_LEGACY_VERSION = 3  # t5x.checkpoints.VERSION
-
-
 def write_t5x_params_checkpoint(checkpoint_dir: str, params: Any, step: int = 0) -> None:
   """T5X's legacy layout with the parameters only: a msgpack `checkpoint` file
   `{'version': 3, 'optimizer': {'target': params, 'state': {'step': step}}}`
   (arrays inline, no optimizer state). T5X restores it with the optimizer
   state initialised afresh (docs/t5x.md); `t5x.checkpoints.load_t5x_checkpoint`
-  reads it too."""
-  from flax import serialization  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  os.makedirs(checkpoint_dir, exist_ok=True)
-  target = jax.tree.map(np.asarray, dict(params))
-  contents = {'version': T5X_LEGACY_VERSION,
-              'optimizer': {'target': target,
-                            'state': {'step': np.asarray(step, np.int32)}}}
-  tmp = os.path.join(checkpoint_dir, 'checkpoint.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(serialization.msgpack_serialize(contents))
-  os.replace(tmp, os.path.join(checkpoint_dir, 'checkpoint'))
+  reads it too. (`training.checkpoints.write_t5x_checkpoint`.)"""
+  project_checkpoints.write_t5x_checkpoint(checkpoint_dir, params, step=step,
+                                           tensorstore_min_size=None)
 
 
 def project_to_t5x(project_path: str, t5x_dir: str, step: int = 0) -> str:

@@ -10,16 +10,15 @@ binding to change.
   PairedFeatureConverter  paired label + rationale rows: `decoder_loss_weights`
                           α / 1−α, `decoder_task_ids` 0 / 1 [batch, length];
                           α defaults to `mixture_alpha()` (gin), the α of the
-                          `sbs_{ds}_{gold,llm}` mixtures; rows get static
-                          lengths (T5X sizes the model from `element_spec`).
+                          `sbs_{ds}_{gold,llm}` mixtures; rows have static
+                          lengths (the project's converter sets them; T5X
+                          sizes the model from `element_spec`).
   TopKFeatureConverter    + `decoder_topk_ids` / `decoder_topk_logprobs`
                           [batch, length, k] (FIRST).
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
-
-import tensorflow as tf
+from typing import Optional
 
 from distill_sbs.data import feature_converters as data_converters
 from distill_sbs.data import topk as data_topk
@@ -46,18 +45,6 @@ class PairedFeatureConverter(data_converters.PairedEncDecFeatureConverter):
       alpha = sbs.mixture_alpha()
     super().__init__(alpha=alpha, pack=False,
                      use_custom_packing_ops=use_custom_packing_ops, **kwargs)
-
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    """As the project's converter, with static row lengths: T5X sizes the
-    model's initial variables from the dataset's `element_spec`."""
-    ds = super()._convert_features(ds, task_feature_lengths)
-    lengths = self.get_model_feature_lengths(task_feature_lengths)
-
-    def fix(ex):
-      return {k: tf.ensure_shape(v, [lengths[k]]) if k in lengths else v
-              for k, v in ex.items()}
-    return ds.map(fix, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class TopKFeatureConverter(data_topk.TopKFeatureConverter):

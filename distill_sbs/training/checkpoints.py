@@ -5,8 +5,10 @@ A run's checkpoints live in `MODEL_DIR/checkpoints/<step>/` with two items:
 sharded, restorable onto any mesh) and `data` (JSON: the input iterator
 position). Initial weights (`INITIAL_CHECKPOINT_PATH`) may be one of our run
 directories / step directories, a Hugging Face directory (`config.json` +
-safetensors) or a T5X legacy checkpoint directory (msgpack `checkpoint` file +
-tensorstore arrays, parameters under `target/`).
+safetensors) or a T5X model / `checkpoint_<step>` directory, in T5X's Orbax
+layout (`state` item, parameters under `target/`) or its legacy one (msgpack
+`checkpoint` file + tensorstore arrays). `write_t5x_checkpoint` writes the
+legacy layout, which T5X restores.
 """
 from __future__ import annotations
 
@@ -78,33 +80,97 @@ def _is_hf_dir(path: str) -> bool:
       for f in os.listdir(path))
 
 
+_T5X_STEP_DIR = re.compile(r'checkpoint_(\d+)')
+_ORBAX_MARKERS = ('_METADATA', '_CHECKPOINT_METADATA', 'manifest.ocdbt')
+
+
+def step_from_dir_name(name: str) -> Optional[int]:
+  """The step of a step directory name: `<N>` (ours) or `checkpoint_<N>` (T5X)."""
+  if name.isdigit():
+    return int(name)
+  m = _T5X_STEP_DIR.fullmatch(name)
+  return int(m.group(1)) if m else None
+
+
 def _t5x_checkpoint_file(path: str) -> Optional[str]:
-  """T5X's msgpack file: `checkpoint_N/checkpoint` or `checkpoint_N/state/checkpoint`."""
-  for cand in (os.path.join(path, 'checkpoint'), os.path.join(path, 'state', 'checkpoint')):
-    if os.path.isfile(cand):
-      return cand
+  """T5X's legacy msgpack file: `checkpoint_N/checkpoint` or `checkpoint_N/state/checkpoint`
+  (the latter only when `state` is not an Orbax item)."""
+  if os.path.isfile(os.path.join(path, 'checkpoint')):
+    return os.path.join(path, 'checkpoint')
+  state = os.path.join(path, 'state')
+  if os.path.isfile(os.path.join(state, 'checkpoint')) and not any(
+      os.path.exists(os.path.join(state, m)) for m in _ORBAX_MARKERS):
+    return os.path.join(state, 'checkpoint')
   return None
 
 
-def _is_t5x_dir(path: str) -> bool:
-  return _t5x_checkpoint_file(path) is not None
+def _is_step_dir(path: str) -> bool:
+  """Holds a checkpoint: an Orbax `state` item (ours or T5X's) or a T5X msgpack file."""
+  return os.path.isdir(os.path.join(path, 'state')) or _t5x_checkpoint_file(path) is not None
 
 
-def _orbax_step_dir(path: str) -> Optional[str]:
-  """A step directory holding a `state` item, from a run / checkpoints / step dir."""
-  if os.path.isdir(os.path.join(path, 'state')):
+def find_step_dir(path: str) -> Optional[str]:
+  """The step directory `read_params` reads for `path`: `path` itself when it is
+  one, else the latest `<N>` / `checkpoint_<N>` step directory in
+  `path/checkpoints` (our run directory) or `path` (our checkpoints directory, a
+  T5X model directory); None if there is none."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if _is_step_dir(path):
     return path
   for root in (os.path.join(path, 'checkpoints'), path):
     if os.path.isdir(root):
-      steps = [int(d) for d in os.listdir(root) if d.isdigit()
-               and os.path.isdir(os.path.join(root, d, 'state'))]
+      steps = {}
+      for d in os.listdir(root):
+        step = step_from_dir_name(d)
+        if step is not None and _is_step_dir(os.path.join(root, d)):
+          steps.setdefault(step, os.path.join(root, d))
       if steps:
-        return os.path.join(root, str(max(steps)))
+        return steps[max(steps)]
   return None
 
 
+def read_step_params(step_dir: str) -> dict[str, Any]:
+  """Parameters of one step directory: ours (Orbax `state/params`), T5X's Orbax
+  (`state/target`) or T5X's legacy msgpack + tensorstore (`target`)."""
+  if _t5x_checkpoint_file(step_dir) is not None:
+    return load_t5x_checkpoint(step_dir)['target']
+  state = read_orbax_state(step_dir)
+  for key in ('params', 'target'):
+    if key in state:
+      return state[key]
+  raise ValueError(f'{step_dir}/state: no parameters under params/ (distill-sbs) or '
+                   f'target/ (T5X); keys: {sorted(state)}')
+
+
+def t5x_checkpoint_dir(path: str, step: Optional[int] = None) -> str:
+  """`path` if it is a T5X `checkpoint_<step>` directory, else the one for
+  `step` (default: the latest) inside the T5X model directory `path`."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if _is_step_dir(path):
+    return path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'T5X checkpoint path {path!r} is not a directory')
+  steps = sorted(int(m.group(1)) for d in os.listdir(path)
+                 if (m := _T5X_STEP_DIR.fullmatch(d)) and _is_step_dir(os.path.join(path, d)))
+  if not steps:
+    raise FileNotFoundError(f'{path!r} holds no T5X checkpoint_<step> directory')
+  if step is None:
+    step = steps[-1]
+  if step not in steps:
+    raise FileNotFoundError(f'{path!r} has no checkpoint_{step} (steps: {steps})')
+  return os.path.join(path, f'checkpoint_{step}')
+
+
+def read_t5x_params(path: str, step: Optional[int] = None) -> dict[str, Any]:
+  """Parameters of a T5X checkpoint (Orbax or legacy): a `checkpoint_<step>`
+  directory, or the model directory holding them (`step`, default latest)."""
+  return read_step_params(t5x_checkpoint_dir(path, step))
+
+
 def read_params(path: str) -> dict[str, Any]:
-  """Parameters (nested dict of numpy arrays) from any supported format."""
+  """Parameters (nested dict of numpy arrays) from any supported format: a
+  Hugging Face directory, our run / checkpoints / step directory, or a T5X
+  model / `checkpoint_<N>` directory (Orbax or legacy)."""
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isdir(path):
     raise FileNotFoundError(f'INITIAL_CHECKPOINT_PATH {path!r} is not a directory')
@@ -114,14 +180,13 @@ def read_params(path: str) -> dict[str, Any]:
     load = getattr(models, 'load_hf_checkpoint', hf_io.load_hf_checkpoint)
     _, params = load(path)
     return params
-  if _is_t5x_dir(path):
-    return load_t5x_checkpoint(path)['target']
-  step_dir = _orbax_step_dir(path)
+  step_dir = find_step_dir(path)
   if step_dir is not None:
-    return read_orbax_state(step_dir)['params']
+    return read_step_params(step_dir)
   raise ValueError(f'INITIAL_CHECKPOINT_PATH {path!r}: not a Hugging Face directory '
-                   '(config.json + *.safetensors), a T5X checkpoint directory '
-                   "('checkpoint' file) or a distill-sbs run / checkpoint directory")
+                   '(config.json + *.safetensors), a T5X model or checkpoint_<N> '
+                   "directory (Orbax 'state' item or msgpack 'checkpoint' file) or a "
+                   'distill-sbs run / checkpoint directory')
 
 
 def read_orbax_state(step_dir: str) -> dict[str, Any]:
@@ -258,18 +323,30 @@ def load_t5x_checkpoint(path: str) -> dict[str, Any]:
   return out
 
 
+T5X_LEGACY_VERSION = 3  # t5x.checkpoints.VERSION
+
+
 def write_t5x_checkpoint(path: str, params: Mapping[str, Any], step: int = 0,
-                         tensorstore_min_size: int = 0) -> None:
-  """Writes `params` in T5X's legacy layout (for tests and export): arrays with
-  at least `tensorstore_min_size` elements go to zarr stores, the rest inline."""
+                         tensorstore_min_size: Optional[int] = 0) -> None:
+  """Writes `params` as T5X's legacy checkpoint directory `path` (`checkpoint_<step>`).
+
+  The msgpack `checkpoint` file holds `{'version': 3, 'optimizer': {'target':
+  params, 'state': {'step': step}}}` as `t5x.checkpoints.Checkpointer` writes it
+  (no optimizer state: T5X initialises it afresh, see docs/t5x.md). Arrays with
+  at least `tensorstore_min_size` elements (ndim > 0) go to zarr stores
+  `path/target.<a>.<b>` referenced by tensorstore specs with kvstore paths
+  relative to `path`, as T5X writes partitioned arrays; the rest, and all of
+  them when `tensorstore_min_size` is None, are stored inline.
+  """
   from flax import serialization  # pylint: disable=g-import-not-at-top
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  path = os.path.abspath(os.path.expanduser(path))
   os.makedirs(path, exist_ok=True)
   flat = traverse_util.flatten_dict({'target': dict(params)})
   out = {}
   for key, arr in flat.items():
     arr = np.asarray(arr)
-    if arr.size >= tensorstore_min_size and arr.ndim > 0:
+    if tensorstore_min_size is not None and arr.ndim > 0 and arr.size >= tensorstore_min_size:
       rel = '.'.join(key)
       spec = {'driver': 'zarr', 'dtype': arr.dtype.name,
               'kvstore': {'driver': 'file', 'path': rel},
@@ -282,6 +359,9 @@ def write_t5x_checkpoint(path: str, params: Mapping[str, Any], step: int = 0,
     else:
       out[key] = arr
   state = traverse_util.unflatten_dict(out)
-  state['state'] = {'step': np.asarray(step, np.int32), 'param_states': {}}
-  with open(os.path.join(path, 'checkpoint'), 'wb') as f:
-    f.write(serialization.msgpack_serialize({'version': 3, 'optimizer': state}))
+  state['state'] = {'step': np.asarray(step, np.int32)}
+  tmp = os.path.join(path, 'checkpoint.tmp')
+  with open(tmp, 'wb') as f:
+    f.write(serialization.msgpack_serialize({'version': T5X_LEGACY_VERSION,
+                                             'optimizer': state}))
+  os.replace(tmp, os.path.join(path, 'checkpoint'))

@@ -29,11 +29,14 @@ def _setup(model, checkpoint_path: str, mesh_config: Optional[partitioning.MeshC
 
 
 def _step_of(checkpoint_path: str) -> int:
-  """The step of a checkpoint path (a run dir: its latest step); -1 if unknown."""
-  step_dir = ckpt_lib._orbax_step_dir(os.path.abspath(checkpoint_path))  # pylint: disable=protected-access
-  base = os.path.basename(os.path.normpath(step_dir or checkpoint_path))
-  digits = ''.join(c for c in base if c.isdigit())
-  return int(digits) if digits else -1
+  """The step of the checkpoint read from `checkpoint_path` (a run / T5X model
+  dir: its latest step), parsed from a step directory name (`<N>` or
+  `checkpoint_<N>`); -1 if unknown (e.g. a Hugging Face directory)."""
+  step_dir = ckpt_lib.find_step_dir(checkpoint_path)
+  if step_dir is None:
+    return -1
+  step = ckpt_lib.step_from_dir_name(os.path.basename(os.path.normpath(step_dir)))
+  return -1 if step is None else step
 
 
 @gin.configurable(module='distill_sbs.training.inference')

@@ -30,6 +30,18 @@ def _batch(alpha, examples=EXAMPLES):
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+def test_rows_have_static_lengths():
+  """T5X sizes the model from `element_spec`: rows are [inputs] / [targets] long."""
+  for examples in (EXAMPLES, [{'inputs': [5, 1], 'targets': [9, 9, 1]}]):
+    spec = PairedEncDecFeatureConverter(alpha=0.3)(_ds(examples), LENGTHS).element_spec
+    assert {k: tuple(v.shape) for k, v in spec.items()} == {
+        'encoder_input_tokens': (LENGTHS['inputs'],),
+        'decoder_target_tokens': (LENGTHS['targets'],),
+        'decoder_input_tokens': (LENGTHS['targets'],),
+        'decoder_loss_weights': (LENGTHS['targets'],),
+        'decoder_task_ids': (LENGTHS['targets'],)}
+
+
 def test_rows_and_features():
   b = _batch(0.3)
   np.testing.assert_array_equal(b['encoder_input_tokens'], [
