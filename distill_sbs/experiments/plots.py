@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distill_sbs.experiments import runs as runs_lib  # noqa: E402
+from distill_sbs.metrics import calibration  # noqa: E402
 
 
 def _save(fig, path: os.PathLike | str) -> pathlib.Path:
@@ -142,21 +143,6 @@ def format_pct(fraction: float) -> str:
   return runs_lib.format_fraction(fraction)
 
 
-def reliability_bins(confidences: Sequence[float], correct: Sequence[bool],
-                     num_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Equal-width bins over [0, 1]: (mean confidence, accuracy, count) per bin."""
-  conf = np.asarray(confidences, dtype=np.float64)  # [n]
-  corr = np.asarray(correct, dtype=np.float64)  # [n]
-  if conf.shape != corr.shape:
-    raise ValueError(f'confidences {conf.shape} and correct {corr.shape} differ')
-  idx = np.clip(np.ceil(conf * num_bins).astype(int) - 1, 0, num_bins - 1)  # [n]
-  count = np.bincount(idx, minlength=num_bins).astype(np.float64)
-  safe = np.maximum(count, 1)
-  mean_conf = np.bincount(idx, conf, minlength=num_bins) / safe
-  acc = np.bincount(idx, corr, minlength=num_bins) / safe
-  return mean_conf, acc, count
-
-
 def plot_reliability(panels: Mapping[str, tuple[Sequence[float], Sequence[bool]]],
                      path: os.PathLike | str, num_bins: int = 10,
                      ece: Optional[Mapping[str, float]] = None) -> pathlib.Path:
@@ -167,7 +153,8 @@ def plot_reliability(panels: Mapping[str, tuple[Sequence[float], Sequence[bool]]
                            squeeze=False)
   edges = np.linspace(0, 1, num_bins + 1)
   for ax, (label, (conf, corr)) in zip(axes[0], panels.items()):
-    mean_conf, acc, count = reliability_bins(conf, corr, num_bins)
+    bins = calibration.reliability_bins(conf, corr, num_bins=num_bins)
+    mean_conf, acc, count = bins['confidence'], bins['accuracy'], bins['count']
     nonempty = count > 0
     ax.bar(edges[:-1][nonempty], acc[nonempty], width=1 / num_bins, align='edge',
            edgecolor='k', alpha=0.7, label='accuracy')
