@@ -113,12 +113,19 @@ def _fmt(v: Any) -> str:
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: os.PathLike | str,
-              columns: Optional[Sequence[str]] = None) -> pathlib.Path:
-  """Writes rows (missing cells empty) with a fixed column order."""
+              columns: Optional[Sequence[str]] = None,
+              front: Sequence[str] = ()) -> pathlib.Path:
+  """Writes rows (missing cells empty) with a fixed column order.
+
+  Default order: spec, `n_seeds`, `final_step`, then the `front` columns present
+  (e.g. the headline `test_accuracy_mean`/`_std`, `test_ece_mean`/`_std` side by
+  side), then the rest sorted.
+  """
   path = pathlib.Path(path)
   if columns is None:
-    lead = [c for c in (*SPEC_COLUMNS, 'n_seeds', 'final_step')
+    lead = [c for c in (*SPEC_COLUMNS, 'n_seeds', 'final_step', *front)
             if any(c in r for r in rows)]
+    lead = list(dict.fromkeys(lead))
     rest = sorted({k for r in rows for k in r} - set(lead))
     columns = lead + rest
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,9 @@ Runs methods × data fractions × seeds (× model sizes), each an ordinary
 `{output_dir}/runs/{dataset}_{size}/{method}/frac{pct}/seed{seed}`; skips runs
 whose done marker matches (resumable: rerun the same command after a crash);
 then aggregates every finished run into `results.csv` (one row per run),
-`summary.csv` (mean/std over seeds), plots and `report.md` in `output_dir`.
+`summary.csv` (mean/std over seeds; the headline accuracy and test ECE side
+by side), plots (reliability diagrams of the largest-fraction first-seed run of
+each method from its `test_predictions.jsonl`) and `report.md` in `output_dir`.
 """
 from __future__ import annotations
 
@@ -329,9 +331,12 @@ def write_outputs(config: SweepConfig) -> dict[str, pathlib.Path]:
   rows = aggregate.collect(done)
   summary = aggregate.summarize(rows)
   out = config.out_dir
-  paths = {'results': aggregate.write_csv(rows, out / 'results.csv'),
-           'summary': aggregate.write_csv(summary, out / 'summary.csv')}
   metric = choose_metric(rows, config.metric)
+  headline = [metric, *(m for m in TABLE_EXTRA if m != metric)]
+  paths = {'results': aggregate.write_csv(rows, out / 'results.csv', front=headline),
+           'summary': aggregate.write_csv(
+               summary, out / 'summary.csv',
+               front=[f'{m}_{s}' for m in headline for s in ('mean', 'std')])}
   paths['vs_fraction'] = plots.plot_metric_vs_fraction(
       summary, out / 'accuracy_vs_fraction.png', metric)
   sizes = [s for s in SIZES_ORDER if s in config.sizes] + \
@@ -347,12 +352,53 @@ def write_outputs(config: SweepConfig) -> dict[str, pathlib.Path]:
         curves[f'{spec.size}/{spec.method}'] = runs_lib.read_metrics(mp)
   if curves:
     paths['curves'] = plots.plot_training_curves(curves, out / 'training_curves.png')
-  paths['report'] = _write_report(config, summary, metric, paths, len(done))
+  panels, ece, missing = reliability_panels(config, done, rows)
+  if panels:
+    paths['reliability'] = plots.plot_reliability(panels, out / 'reliability.png', ece=ece)
+  paths['report'] = _write_report(config, summary, metric, paths, len(done), missing)
   return paths
 
 
+TABLE_EXTRA = ('test_ece',)  # tabulated next to the headline metric
+
+
+def reliability_panels(config: SweepConfig,
+                       done: Sequence[tuple[runs_lib.RunSpec, pathlib.Path]],
+                       rows: Sequence[Mapping[str, Any]]):
+  """Reliability diagram inputs of the first-size, largest-fraction, first-seed
+  run of each method, in method order.
+
+  Returns ({method: (confidences [n], correct [n])}, {method: test ECE},
+  [run ids without `test_predictions.jsonl`]).
+  """
+  from distill_sbs.experiments import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  size, fraction, seed = config.sizes[0], max(config.fractions), config.seeds[0]
+  picked = {spec.method: (spec, pathlib.Path(d)) for spec, d in done
+            if (spec.size, spec.fraction, spec.seed) == (size, fraction, seed)}
+  order = [m.fill(config.dataset, size, fraction).name
+           for m in methods_lib.resolve(config.methods, config.method_overrides)]
+  panels, ece, missing = {}, {}, []
+  for name in order:
+    if name not in picked:
+      continue
+    spec, model_dir = picked[name]
+    if not (model_dir / evaluate_lib.PREDICTIONS_FILE).exists():
+      missing.append(spec.run_id)
+      continue
+    conf, correct = evaluate_lib.read_predictions(str(model_dir))
+    if not len(conf):
+      missing.append(spec.run_id)
+      continue
+    panels[name] = (conf, correct)
+    row = next((r for r in rows if all(r.get(k) == v for k, v in spec.to_json().items())), {})
+    if runs_lib.is_number(row.get('test_ece')):
+      ece[name] = float(row['test_ece'])
+  return panels, ece, missing
+
+
 def _write_report(config: SweepConfig, summary, metric: str,
-                  paths: Mapping[str, pathlib.Path], n_done: int) -> pathlib.Path:
+                  paths: Mapping[str, pathlib.Path], n_done: int,
+                  no_predictions: Sequence[str] = ()) -> pathlib.Path:
   methods = [m.fill(config.dataset, '{size}', max(config.fractions))
              for m in methods_lib.resolve(config.methods, config.method_overrides)]
   order = {m.name: i for i, m in enumerate(methods)}
@@ -360,7 +406,8 @@ def _write_report(config: SweepConfig, summary, metric: str,
                                         if r['size'] in SIZES_ORDER else 99,
                                         order.get(r['method'], 99), r['fraction']))
   cols = ['size', 'method', 'fraction', 'n_seeds', metric]
-  extra = [m for m in ('test_ece',) if m != metric and f'{m}_mean' in summary[0]]
+  extra = [m for m in TABLE_EXTRA
+           if m != metric and any(f'{m}_mean' in r for r in summary)]
   cell = lambda r, c: (report.mean_std_cell(r, c) if c in (metric, *extra)
                        else plots.format_pct(r[c]) + '%' if c == 'fraction'
                        else report.fmt_cell(r.get(c)))
@@ -376,7 +423,7 @@ def _write_report(config: SweepConfig, summary, metric: str,
       ('Methods', '\n'.join(f'- `{m.name}`: {m.description} (task `{m.task}`, tested '
                             f'on `{m.eval_task}`, gin {", ".join(m.gin_files)})'
                             for m in methods)),
-      (f'Results ({metric}, mean ± std over seeds)', table),
+      (f'Results ({", ".join([metric, *extra])}, mean ± std over seeds)', table),
       ('Data efficiency', report.image(paths['vs_fraction'].name, 'accuracy vs data')),
   ]
   if 'vs_size' in paths:
@@ -384,9 +431,19 @@ def _write_report(config: SweepConfig, summary, metric: str,
   if 'curves' in paths:
     sections.append(('Training curves (largest fraction, first seed)',
                      report.image(paths['curves'].name, 'training curves')))
+  if 'reliability' in paths or no_predictions:
+    body = [report.image(paths['reliability'].name, 'reliability diagrams')
+            ] if 'reliability' in paths else ['No run has test predictions.']
+    if no_predictions:
+      body.append('Skipped (no `test_predictions.jsonl`): ' +
+                  ', '.join(f'`{r}`' for r in no_predictions) + '.')
+    sections.append((f'Reliability diagrams ({config.sizes[0]}, '
+                     f'{plots.format_pct(max(config.fractions))}% data, seed '
+                     f'{config.seeds[0]}; test ECE in the titles)', '\n\n'.join(body)))
   sections.append(('Files', '`results.csv`: one row per run (final value of every '
                    'metric in its metrics.jsonl, `test_*` from eval_results.json); '
-                   '`summary.csv`: mean and sample std over seeds.'))
+                   '`summary.csv`: mean and sample std over seeds (headline accuracy '
+                   'and test ECE first).'))
   return report.write_report(config.out_dir / 'report.md',
                              f'Experiment {config.name}', sections)
 

@@ -1,7 +1,9 @@
 """A stand-in trainer/evaluator for sweep tests: deterministic metrics files.
 
 As the evaluator (when `run_student_eval.eval_task` is bound) it writes
-`eval_results.json` with test accuracy 40 + seed and ece 0.1.
+`eval_results.json` with test accuracy 40 + seed and ece 0.1 + 0.02 * seed, and
+`test_predictions.jsonl` with 10 examples: confidence (i + 0.5) / 10, correct
+for i < 5 + seed.
 
 Understands the flags the sweep passes (`--gin_file=`, `--gin.KEY=VALUE`);
 appends one line per invocation to `$FAKE_TRAIN_CALLS` so tests can count runs.
@@ -25,8 +27,12 @@ def main(argv):
     assert evals['model'] == '%MODEL' and evals['model_dir'] == '%MODEL_DIR', evals
     assert (model_dir / 'metrics.jsonl').exists()
     (model_dir / 'eval_results.json').write_text(json.dumps(
-        {'accuracy': 40.0 + gin['RANDOM_SEED'], 'ece': 0.1,
+        {'accuracy': 40.0 + gin['RANDOM_SEED'], 'ece': 0.1 + 0.02 * gin['RANDOM_SEED'],
          'task_is_' + evals['eval_task']: 1.0}))
+    with open(model_dir / 'test_predictions.jsonl', 'w') as f:
+      for i in range(10):
+        f.write(json.dumps({'id': str(i), 'confidence': (i + 0.5) / 10,
+                            'correct': i < 5 + gin['RANDOM_SEED']}) + '\n')
     return 0
   if os.environ.get('FAKE_TRAIN_CALLS'):
     with open(os.environ['FAKE_TRAIN_CALLS'], 'a') as f:

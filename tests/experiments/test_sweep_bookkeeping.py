@@ -2,6 +2,7 @@
 import csv
 import json
 import pathlib
+import struct
 import sys
 
 import gin
@@ -25,6 +26,13 @@ def _config(tmp_path, **kw):
 
 def _quiet(_):
   pass
+
+
+def _png_size(path):
+  """(width, height) from the PNG's IHDR chunk."""
+  data = pathlib.Path(path).read_bytes()
+  assert data[:8] == b'\x89PNG\r\n\x1a\n' and data[12:16] == b'IHDR', path
+  return struct.unpack('>II', data[16:24])
 
 
 def test_plan_commands(tmp_path):
@@ -57,7 +65,7 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
   paths = sweep.write_outputs(config)
   first = {k: p.read_bytes() for k, p in paths.items()}
   for name in ('results.csv', 'summary.csv', 'accuracy_vs_fraction.png',
-               'training_curves.png', 'report.md'):
+               'training_curves.png', 'reliability.png', 'report.md'):
     assert (config.out_dir / name).stat().st_size > 0
 
   with open(paths['results']) as f:
@@ -68,7 +76,7 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
   assert float(r0['eval/accuracy']) == pytest.approx(0.65)
   assert float(r0['loss']) == pytest.approx(1 / 3) and r0['final_step'] == '3'
   assert float(r0['learning_rate']) == 0.01
-  assert float(r0['test_accuracy']) == 41.0 and float(r0['test_ece']) == 0.1
+  assert float(r0['test_accuracy']) == 41.0 and float(r0['test_ece']) == pytest.approx(0.12)
   assert float(r0['test_task_is_sbs_cqa_predict_gold']) == 1.0
   assert set(rows[0]) == {'dataset', 'size', 'method', 'fraction', 'seed', 'final_step',
                           'loss', 'learning_rate', 'eval/accuracy', 'test_accuracy', 'test_ece',
@@ -81,8 +89,35 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
   assert s['eval/accuracy_mean'] == pytest.approx(0.6)  # (0.55 + 0.65) / 2
   assert s['eval/accuracy_std'] == pytest.approx(0.1 / 2 ** 0.5)  # sample std
   assert s['test_accuracy_mean'] == 40.5
-  assert '| tiny | sbs_llm | 100% | 2 | 40.5000 ± 0.7071 | 0.1000 ± 0.0000 |' in \
-      paths['report'].read_text()
+  # ECE per seed is 0.1 + 0.02 * seed: mean (0.10 + 0.12) / 2, sample std 0.02 / sqrt(2).
+  assert s['test_ece_mean'] == pytest.approx(0.11)
+  assert s['test_ece_std'] == pytest.approx(0.02 / 2 ** 0.5)
+  for r in summary:
+    per_run = [float(x['test_ece']) for x in rows if (x['method'], float(x['fraction'])) ==
+               (r['method'], r['fraction'])]
+    assert len(per_run) == 2 and r['test_ece_mean'] == pytest.approx(sum(per_run) / 2)
+  # Accuracy and ECE side by side right after the spec columns.
+  header = paths['summary'].read_text().splitlines()[0].split(',')
+  assert header[:10] == ['dataset', 'size', 'method', 'fraction', 'n_seeds',
+                         'test_accuracy_mean', 'test_accuracy_std', 'test_ece_mean',
+                         'test_ece_std', 'eval/accuracy_mean']
+  text = paths['report'].read_text()
+  assert '| size | method | fraction | n_seeds | test_accuracy | test_ece |' in text
+  assert '| tiny | sbs_llm | 100% | 2 | 40.5000 ± 0.7071 | 0.1100 ± 0.0141 |' in text
+  assert '| tiny | standard_finetune | 50% | 2 | 40.5000 ± 0.7071 | 0.1100 ± 0.0141 |' in text
+  # Reliability diagrams: one 3.8-inch panel (110 dpi) per method, embedded.
+  assert paths['reliability'] == config.out_dir / 'reliability.png'
+  assert _png_size(paths['reliability'])[0] == round(2 * 3.8 * 110)
+  assert '![reliability diagrams](reliability.png)' in text
+  assert 'Reliability diagrams (tiny, 100% data, seed 0' in text and 'Skipped' not in text
+  panels, ece, missing = sweep.reliability_panels(
+      config, [(r.spec, r.model_dir) for r in sweep.plan(config)],
+      aggregate.collect([(r.spec, r.model_dir) for r in sweep.plan(config)]))
+  assert list(panels) == ['standard_finetune', 'sbs_llm'] and not missing
+  assert ece == {'standard_finetune': pytest.approx(0.1), 'sbs_llm': pytest.approx(0.1)}
+  conf, correct = panels['sbs_llm']
+  assert conf.tolist() == pytest.approx([(i + 0.5) / 10 for i in range(10)])
+  assert correct.tolist() == [True] * 5 + [False] * 5  # seed 0
 
   # Rerun: nothing trains again, outputs are byte-identical.
   status = sweep.execute(config, runner=lambda a, p, **kw: sweep.subprocess_runner(a, p, echo=_quiet, **kw),
@@ -90,8 +125,17 @@ def test_sweep_skips_finished_runs_and_aggregates_identically(tmp_path, monkeypa
   assert not status['ran'] and len(status['skipped']) == 8
   assert len(calls.read_text().splitlines()) == 8
   paths2 = sweep.write_outputs(config)
-  for k in ('results', 'summary', 'report'):
+  for k in ('results', 'summary', 'report', 'reliability'):
     assert paths2[k].read_bytes() == first[k], k
+
+  # A run without predictions is left out of the diagrams, with a note.
+  no_pred = config.out_dir / 'runs/cqa_tiny/standard_finetune/frac100/seed0'
+  (no_pred / 'test_predictions.jsonl').unlink()
+  paths3 = sweep.write_outputs(config)
+  assert _png_size(paths3['reliability'])[0] == round(3.8 * 110)
+  assert ('Skipped (no `test_predictions.jsonl`): `cqa_tiny/standard_finetune/frac100/seed0`.'
+          in paths3['report'].read_text())
+  assert paths3['summary'].read_bytes() == first['summary']
 
 
 def test_partial_sweep_resumes_only_missing_runs(tmp_path, monkeypatch):
