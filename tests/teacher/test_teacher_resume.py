@@ -28,6 +28,19 @@ def _cli(server, data_dir, out_dir):
           '--gin_bindings=distill_sbs.teacher.RetryPolicy.initial_backoff_s = 0.01']
 
 
+def _wait_until_quiet(server, quiet_s=0.5, limit_s=10.0):
+  """Returns once the server's counters have not moved for `quiet_s`."""
+  deadline = time.monotonic() + limit_s
+  last, since = dict(server.served), time.monotonic()
+  while time.monotonic() < deadline:
+    time.sleep(0.05)
+    now = dict(server.served)
+    if now != last:
+      last, since = now, time.monotonic()
+    elif time.monotonic() - since >= quiet_s:
+      return
+
+
 def _records(out_dir):
   return list(schema.read_records(os.path.join(out_dir, 'test.tfrecord-*')))
 
@@ -55,6 +68,9 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(cqa_data_dir, cqa_teache
     done = store_lib.PartStore(out_dir, 'test').done_ids()
     assert 8 <= len(done) < 40
 
+    # Requests the killed process had in flight are still answered (and counted)
+    # by the server after the kill: wait until its counters settle.
+    _wait_until_quiet(server)
     # Rerun the same command: only the missing examples are requested.
     ok_before = server.served.get('ok', 0)
     rerun = subprocess.run(_cli(server, cqa_data_dir, out_dir), cwd=REPO, env=env,
