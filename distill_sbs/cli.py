@@ -9,6 +9,7 @@ COMMANDS = {
     'train': 'distill_sbs.train',
     'eval': 'distill_sbs.eval',
     'infer': 'distill_sbs.infer',
+    'export': 'distill_sbs.export',
 }
 # Other entry points: module and how its `main` takes arguments ('argparse':
 # main(args without the program name); 'absl': main(argv) under absl.app.run).
