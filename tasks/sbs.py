@@ -172,13 +172,9 @@ class SbsRecordsSource(seqio.DataSource):
     return self._files(split)
 
   def _files(self, split: str) -> list[str]:
-    pattern = os.path.join(self.records_dir, schema.shard_pattern(split))
-    files = sorted(f for f in tf.io.gfile.glob(pattern) if '.tmp-' not in f)
-    if not files:
-      raise FileNotFoundError(
-          f'no records match {pattern!r}; run `python -m distill_sbs.data.prepare '
-          f'--raw_dir ...` or set ${paths.DATA_DIR_ENV}')
-    return files
+    return schema.split_files(
+        self.records_dir, split,
+        f'run `python -m distill_sbs.data.prepare --raw_dir ...` or set ${paths.DATA_DIR_ENV}')
 
   def train_mask(self, files: Sequence[str]) -> np.ndarray:
     """bool [n]: the train records (in file order) this fraction keeps."""

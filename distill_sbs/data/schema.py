@@ -141,6 +141,18 @@ def shard_pattern(split: str) -> str:
   return f'{split}.tfrecord-*-of-*'
 
 
+def split_files(records_dir: str, split: str, hint: str = '') -> list[str]:
+  """The complete shards of `split` in `records_dir` (never `.tmp-` files).
+
+  Raises FileNotFoundError naming the pattern, followed by `hint`.
+  """
+  pattern = os.path.join(records_dir, shard_pattern(split))
+  files = sorted(f for f in tf.io.gfile.glob(pattern) if '.tmp-' not in f)
+  if not files:
+    raise FileNotFoundError(f'no records match {pattern!r}' + (f'; {hint}' if hint else ''))
+  return files
+
+
 def write_shards(out_dir: str, split: str, records: Iterable[Mapping[str, Any]],
                  num_shards: int = 1) -> list[str]:
   """Writes records round-robin into `num_shards` shards, atomically.

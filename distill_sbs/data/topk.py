@@ -128,13 +128,10 @@ class TopKRecordsSource(seqio.DataSource):
     return self._files(split)
 
   def _files(self, split: str) -> list[str]:
-    pattern = os.path.join(self.records_dir, schema.shard_pattern(split))
-    files = sorted(f for f in tf.io.gfile.glob(pattern) if '.tmp-' not in f)
-    if not files:
-      raise FileNotFoundError(f'no FIRST top-k records match {pattern!r}; write them with '
-                              '`python -m distill_sbs.generate_rationales --backend=local '
-                              f'--out_dir={self.records_dir} ...`')
-    return files
+    return schema.split_files(
+        self.records_dir, split,
+        'write the FIRST top-k records with `python -m distill_sbs.generate_rationales '
+        f'--backend=local --out_dir={self.records_dir} ...`')
 
   def probe(self, split: str) -> tuple[int, str, str]:
     """(k, id dtype, teacher vocab hash) of the first top-k record; checks the vocab."""
