@@ -47,3 +47,31 @@ def test_ul2r_tiny_trains_and_hands_off_to_sbs(sbs_data_dir, tmp_path, monkeypat
   assert len(got) == len(want) > 0
   for path, value in got:
     np.testing.assert_array_equal(np.asarray(value), np.asarray(want[path]))
+
+
+def _model_config(gin_file, bindings=()):
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin([gin_file], ["MODEL_DIR = '/tmp/x'", *bindings])
+    task = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
+    keys = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
+            'num_decoder_layers', 'mlp_dim')
+    cfg = {k: gin.query_parameter(f'distill_sbs.models.T5Config.{k}') for k in keys}
+    cfg['vocab_size'] = gin.query_parameter('%VOCAB_SIZE')
+    return task, cfg
+  finally:
+    gin.clear_config()
+
+
+def test_esnli_demo_pretraining_matches_the_demo_student():
+  """gin/ul2r/esnli_corpus_demo.gin pre-trains exactly the demo's student shape,
+  so its checkpoint is a valid INITIAL_CHECKPOINT_PATH for `make demo`."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  import distill_sbs.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  task, pre = _model_config('gin/ul2r/esnli_corpus_demo.gin')
+  _, demo = _model_config('gin/experiments/demo.gin', [  # set by the demo
+      "MIXTURE_OR_TASK_NAME = 'sbs_esnli_label_gold'", 'TRAIN_STEPS = 1',
+      "TASK_FEATURE_LENGTHS = {'inputs': 72, 'targets': 8}"])
+  assert task == 'ul2r_esnli_corpus'
+  assert task in set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  assert pre == demo
