@@ -41,13 +41,9 @@ def flan_options(seed: int = 0, fs_k: Optional[int] = None,
 
 
 def _records(ds: str, split: str, records_dir: Optional[str]) -> list[dict]:
-  pattern = os.path.join(records_dir or paths.dataset_dir(ds),
-                         schema.shard_pattern(split))
-  files = sorted(f for f in tf.io.gfile.glob(pattern) if '.tmp-' not in f)
-  if not files:
-    raise FileNotFoundError(f'no records match {pattern!r}; run `python -m '
-                            'distill_sbs.data.prepare` or set '
-                            f'${paths.DATA_DIR_ENV}')
+  files = schema.split_files(
+      records_dir or paths.dataset_dir(ds), split,
+      f'run `python -m distill_sbs.data.prepare` or set ${paths.DATA_DIR_ENV}')
   out = []
   for f in files:
     out.extend(schema.read_records(f))

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from distill_sbs.data import formats
 from distill_sbs.data import paths
+from distill_sbs.data import schema
 from distill_sbs.data import ul2
 from distill_sbs.data import vocab as vocab_lib
 
@@ -180,12 +181,8 @@ def corpus_source(datasets: Sequence[str],
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
     files = []
     for ds in datasets:
-      pattern = paths.split_pattern(ds, split)
-      found = sorted(tf.io.gfile.glob(pattern))
-      if not found:
-        raise FileNotFoundError(f'UL2R corpus: no records match {pattern!r}; run '
-                                'python -m distill_sbs.data.prepare first')
-      files += found
+      files += schema.split_files(paths.dataset_dir(ds), split,
+                                  'UL2R corpus: run python -m distill_sbs.data.prepare first')
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
       files_ds = files_ds.shuffle(len(files), seed=seed)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import os
 import pathlib
 import shutil
@@ -132,12 +131,8 @@ def train_vocabulary(cfg: DemoConfig, data_dir: pathlib.Path,
 
 
 def read_records(ds_dir: pathlib.Path, split: str) -> list[dict[str, Any]]:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from distill_sbs.data import schema  # pylint: disable=g-import-not-at-top
-  files = sorted(f for f in glob.glob(str(ds_dir / f'{split}.tfrecord-*')) if '.tmp' not in f)
-  if not files:
-    raise FileNotFoundError(f'no {split} records in {ds_dir}')
-  return [schema.from_example(x.numpy()) for x in tf.data.TFRecordDataset(files)]
+  return [r for f in schema.split_files(str(ds_dir), split) for r in schema.read_records(f)]
 
 
 def vocab_total_size(spm_model: Optional[pathlib.Path]) -> int:

@@ -227,6 +227,20 @@ def test_failed_shard_write_leaves_earlier_shards_intact(good_prepared):
   assert not glob.glob(str(data / 'svamp' / '*.tmp-*'))
 
 
+def test_split_files_lists_complete_shards_only(tmp_path):
+  """Every record reader's shard listing: sorted complete shards of the split,
+  never an in-progress `.tmp-` file; none names the pattern and the hint."""
+  files = schema.write_shards(str(tmp_path), 'train',
+                              [{'id': str(i), 'inputs': 'x', 'label': 'y'} for i in range(4)],
+                              num_shards=2)
+  (tmp_path / 'train.tfrecord-00000-of-00002.tmp-123').write_bytes(b'partial')
+  schema.write_shards(str(tmp_path), 'test', [{'id': 't', 'inputs': 'x', 'label': 'y'}])
+  assert schema.split_files(str(tmp_path), 'train') == sorted(files)
+  assert len(files) == 2
+  with pytest.raises(FileNotFoundError, match=r"validation\.tfrecord-\*-of-\*.*; run prepare"):
+    schema.split_files(str(tmp_path), 'validation', 'run prepare')
+
+
 def test_cli_prints_summary(good_prepared, capsys):
   raw, data, _ = good_prepared
   assert prepare.main(['--raw_dir', str(raw), '--data_dir', str(data / 'again'),

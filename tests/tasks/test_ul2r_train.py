@@ -54,10 +54,10 @@ def _model_config(gin_file, bindings=()):
   try:
     gin_utils.parse_gin([gin_file], ["MODEL_DIR = '/tmp/x'", *bindings])
     task = gin.query_parameter('%MIXTURE_OR_TASK_NAME')
-    keys = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
+    keys = ('emb_dim', 'num_heads', 'head_dim', 'num_encoder_layers',
             'num_decoder_layers', 'mlp_dim')
     cfg = {k: gin.query_parameter(f'distill_sbs.models.T5Config.{k}') for k in keys}
-    cfg['vocab_size'] = gin.query_parameter('%VOCAB_SIZE')
+    cfg['vocab_size'] = gin.query_parameter('%VOCAB_SIZE')  # T5Config reads the macro
     return task, cfg
   finally:
     gin.clear_config()
