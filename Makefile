@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
+DEMO_ARGS ?=
 
 .PHONY: test demo install clean
 
@@ -23,7 +24,7 @@ test: $(VENV)/.installed-test
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 demo: $(VENV)/.installed
-	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m distill_sbs.experiments.demo
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m distill_sbs.experiments.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -25,6 +25,7 @@ from distill_sbs.experiments import data_fetch
 from distill_sbs.experiments import evaluate as evaluate_lib
 from distill_sbs.experiments import methods as methods_lib
 from distill_sbs.experiments import plots
+from distill_sbs.experiments import pretrained as pretrained_lib
 from distill_sbs.experiments import report
 from distill_sbs.experiments import runs as runs_lib
 from distill_sbs.experiments import sweep
@@ -32,6 +33,8 @@ from distill_sbs.experiments import sweep
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO_GIN = 'gin/experiments/demo.gin'
 SBS_GIN = 'gin/sbs/sbs.gin'
+SCRATCH_LEARNING_RATE = 0.01    # the tiny student from scratch
+PRETRAINED_LEARNING_RATE = 0.001  # T5X's fine-tuning rate (Adafactor, constant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,22 +47,27 @@ class DemoConfig:
     train_steps / batch_size: the shared budget of every method: steps and
       training examples per step (a paired step-by-step example gives a label
       row and a rationale row, so its batch holds 2 × batch_size rows).
-    learning_rate: constant learning rate (Adafactor, as the gin file says).
+    learning_rate: constant learning rate (Adafactor, as the gin file says);
+      None: SCRATCH_LEARNING_RATE, or PRETRAINED_LEARNING_RATE with `pretrained`.
     input_length / target_length: TASK_FEATURE_LENGTHS (SentencePiece tokens)
       of tasks with rationales; label_length: targets of label-only tasks.
-    vocab_size: SentencePiece pieces ('0' = bytes, no SentencePiece).
+    vocab_size: SentencePiece pieces ('0' = bytes, no SentencePiece); unused
+      with `pretrained` (the checkpoint's vocabulary).
     max_train_examples / max_test_examples: data caps (None = all).
     work_dir: prepared data, vocabulary and run dirs.
     report_dir: report.md, results.csv, PNGs.
     seed: RANDOM_SEED of both runs.
     gin_file: the experiment gin (model + run) both methods train with.
     extra_bindings: more `KEY=VALUE` gin bindings for both runs.
+    pretrained: a Hugging Face T5 v1.1 / Flan-T5 directory (config.json,
+      model.safetensors, spiece.model) both methods start from, with its shape
+      and vocabulary instead of the tiny from-scratch student.
   """
   dataset: str = 'esnli'
   methods: Sequence[str] = ('standard_finetune', 'sbs_gold')
   train_steps: int = 800
   batch_size: int = 32
-  learning_rate: float = 0.01
+  learning_rate: Optional[float] = None
   input_length: int = 72
   target_length: int = 40
   label_length: int = 8
@@ -71,10 +79,26 @@ class DemoConfig:
   seed: int = 0
   gin_file: str = DEMO_GIN
   extra_bindings: Sequence[str] = ()
+  pretrained: Optional[str] = None
+
+  @property
+  def lr(self) -> float:
+    if self.learning_rate is not None:
+      return self.learning_rate
+    return PRETRAINED_LEARNING_RATE if self.pretrained else SCRATCH_LEARNING_RATE
+
+  @property
+  def size(self) -> str:
+    """The run ids' size label."""
+    return 'pretrained' if self.pretrained else 'tiny'
 
   def bindings(self) -> list[str]:
     """Gin bindings shared by every method."""
-    return [f'LEARNING_RATE={self.learning_rate}',
+    init = []
+    if self.pretrained:
+      path = str(pathlib.Path(self.pretrained).expanduser().resolve())
+      init = [f'INITIAL_CHECKPOINT_PATH={path!r}']
+    return [f'LEARNING_RATE={self.lr}', *init,
             f'EVAL_PERIOD={max(1, self.train_steps // 4)}',
             f'CHECKPOINT_PERIOD={self.train_steps}',
             f'LOG_PERIOD={max(1, self.train_steps // 40)}',
@@ -142,10 +166,11 @@ def vocab_total_size(spm_model: Optional[pathlib.Path]) -> int:
 
 
 def sweep_config(cfg: DemoConfig, spm_model: Optional[pathlib.Path]) -> sweep.SweepConfig:
-  vocab_bindings = [f'VOCAB_SIZE={vocab_total_size(spm_model)}']
+  # A pretrained student's gin file sets VOCAB_SIZE from its config.json.
+  vocab_bindings = [] if cfg.pretrained else [f'VOCAB_SIZE={vocab_total_size(spm_model)}']
   overrides = {}
   for m in methods_lib.resolve(cfg.methods):
-    filled = m.fill(cfg.dataset, 'tiny', 1.0)
+    filled = m.fill(cfg.dataset, cfg.size, 1.0)
     paired = methods_lib.PAIRED_MARKER in filled.task
     overrides[m.name] = {
         'gin_files': [cfg.gin_file] + ([SBS_GIN] if paired else []),
@@ -156,7 +181,7 @@ def sweep_config(cfg: DemoConfig, spm_model: Optional[pathlib.Path]) -> sweep.Sw
   if cfg.max_test_examples:
     eval_bindings.append(f'{sweep.EVAL_FN}.num_examples={cfg.max_test_examples}')
   return sweep.SweepConfig(
-      name=f'demo_{cfg.dataset}', dataset=cfg.dataset, sizes=('tiny',),
+      name=f'demo_{cfg.dataset}', dataset=cfg.dataset, sizes=(cfg.size,),
       methods=tuple(cfg.methods), fractions=(1.0,), seeds=(cfg.seed,),
       train_steps=cfg.train_steps,
       output_dir=str(pathlib.Path(cfg.work_dir).resolve() / 'sweep'),
@@ -172,7 +197,7 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
   planned = sweep.plan(scfg)
   rows = aggregate.collect([(r.spec, r.model_dir) for r in planned])
   aggregate.write_csv(rows, out / 'results.csv')
-  methods = [m.fill(cfg.dataset, 'tiny', 1.0)
+  methods = [m.fill(cfg.dataset, cfg.size, 1.0)
              for m in methods_lib.resolve(cfg.methods, scfg.method_overrides)]
   order = {m.name: i for i, m in enumerate(methods)}
   rows = sorted(rows, key=lambda r: order[r['method']])
@@ -211,13 +236,11 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
       ('What ran', '\n'.join([
           f'- dataset `{cfg.dataset}`, test examples: {n_test}; data from the paper\'s '
           'public release (gold labels + PaLM-540B chain-of-thought rationales).',
-          f'- student: tiny T5 v1.1-style encoder-decoder from scratch ({cfg.gin_file}), '
-          f'vocabulary: ' + (f'SentencePiece {cfg.vocab_size} pieces trained on the '
-                             'training split' if cfg.vocab_size else 'bytes') + '.',
+          _student_line(cfg),
           f'- same budget for every method: {cfg.train_steps} steps of {cfg.batch_size} '
           'training examples (step-by-step: each example gives a label row and a '
           'rationale row), '
-          f'learning rate {cfg.learning_rate}, seed {cfg.seed}; input length '
+          f'learning rate {cfg.lr}, seed {cfg.seed}; input length '
           f'{cfg.input_length}, target length {cfg.label_length} (labels) / '
           f'{cfg.target_length} (with rationales).',
           *(f'- `{m.name}`: {m.description} (train task `{m.task}`, tested on '
@@ -235,11 +258,15 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
        'includes the rationale tokens, so its curves are not comparable in level with '
        'label-only training.'),
       ('Reliability diagrams', report.image('reliability.png', 'reliability diagrams')),
-      ('Reading this', 'A tiny student trained from scratch for minutes on 2 CPU cores is far '
-       'from the paper\'s pretrained T5 (220M–11B) students; differences of a few points '
-       'between two single-seed runs are within noise. Run the sweep '
+      ('Reading this', ('Both methods started from the same pretrained checkpoint, as '
+       'in the paper (which used T5 220M–11B students); ' if cfg.pretrained else
+       'A tiny student trained from scratch for minutes on 2 CPU cores is far '
+       'from the paper\'s pretrained T5 (220M–11B) students (`--pretrained=DIR` starts '
+       'both methods from a Flan-T5 / T5 v1.1 checkpoint); ') +
+       'differences of a few points between two single-seed runs are within noise. Run the sweep '
        '(`python -m distill_sbs.experiments.sweep --gin_file=gin/experiments/'
-       f'{cfg.dataset}_tiny.gin`) for seeds and data fractions.'),
+       f'{cfg.dataset}_{"base" if cfg.pretrained else "tiny"}.gin`) for seeds and data '
+       'fractions.'),
       ('Files', '`results.csv` (one row per run: the final value of every metric in its '
        '`metrics.jsonl`, `test_*` from its `eval_results.json`), run dirs under '
        f'`{scfg.out_dir}/runs/` (metrics.jsonl, config.gin, checkpoints, '
@@ -248,6 +275,15 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
   path = report.write_report(out / 'report.md', f'Distilling step-by-step demo: {cfg.dataset}',
                              sections)
   return path, txt
+
+
+def _student_line(cfg: DemoConfig) -> str:
+  if cfg.pretrained:
+    return (f'- student: pretrained checkpoint `{cfg.pretrained}` (shape from its config.json, '
+            f'run gin `{cfg.gin_file}`), vocabulary: its {pretrained_lib.VOCAB_FILE}.')
+  return (f'- student: tiny T5 v1.1-style encoder-decoder from scratch ({cfg.gin_file}), '
+          'vocabulary: ' + (f'SentencePiece {cfg.vocab_size} pieces trained on the '
+                            'training split' if cfg.vocab_size else 'bytes') + '.')
 
 
 _ENV_KEYS = ('DISTILL_SBS_DATA_DIR', 'DISTILL_SBS_SPM_PATH')
@@ -279,8 +315,19 @@ def _run_demo(cfg: DemoConfig, fresh: bool, runner: sweep.Runner,
   _stage(1, n, f'data: {cfg.dataset}', log)
   data_dir = prepare_data(cfg, log)
   os.environ['DISTILL_SBS_DATA_DIR'] = str(data_dir)
-  _stage(2, n, 'vocabulary', log)
-  spm_model = train_vocabulary(cfg, data_dir, log)
+  _stage(2, n, 'student' if cfg.pretrained else 'vocabulary', log)
+  if cfg.pretrained:
+    student = pretrained_lib.load(cfg.pretrained)
+    base = sweep.resolve_gin_file(cfg.gin_file)
+    gin_path = pretrained_lib.student_gin(
+        student, base, pathlib.Path(cfg.work_dir).resolve() / 'pretrained_student.gin')
+    cfg = dataclasses.replace(cfg, gin_file=str(gin_path))
+    spm_model = student.vocab_model
+    c = student.config
+    log(f'  {student.path}: {c.num_encoder_layers}+{c.num_decoder_layers} layers, '
+        f'emb {c.emb_dim}, vocabulary {spm_model.name} ({c.vocab_size} ids); run gin {gin_path}')
+  else:
+    spm_model = train_vocabulary(cfg, data_dir, log)
   if spm_model:
     os.environ['DISTILL_SBS_SPM_PATH'] = str(spm_model)
   else:
@@ -303,12 +350,14 @@ def parse_args(argv: Sequence[str]) -> tuple[DemoConfig, bool]:
   d = DemoConfig()
   p = argparse.ArgumentParser(prog='python -m distill_sbs.experiments.demo',
                               description=__doc__.split('\n')[0])
+  optional = {'learning_rate': float, 'pretrained': str}  # default None; others int
   for f in dataclasses.fields(DemoConfig):
     if f.name in ('methods', 'extra_bindings'):
       p.add_argument(f'--{f.name}', default=None,
                      help=f'comma-separated (default {",".join(getattr(d, f.name)) or "none"})')
     else:
-      kind = type(getattr(d, f.name)) if getattr(d, f.name) is not None else int
+      kind = (type(getattr(d, f.name)) if getattr(d, f.name) is not None
+              else optional.get(f.name, int))
       p.add_argument(f'--{f.name}', type=kind, default=getattr(d, f.name))
   p.add_argument('--fresh', action='store_true', help='delete work_dir first')
   args = p.parse_args(argv)

@@ -144,7 +144,8 @@ def eval_flags(method: methods_lib.Method, dataset: str,
           *(f'--gin.{b}' for b in extra)]
 
 
-def _resolve_gin_file(path: str) -> str:
+def resolve_gin_file(path: str) -> str:
+  """`path` as given when it exists (or is absolute), else under the repo root."""
   p = pathlib.Path(path)
   if p.is_absolute() or p.exists() or not (REPO_ROOT / p).exists():
     return str(p)
@@ -162,7 +163,7 @@ def plan(config: SweepConfig) -> list[PlannedRun]:
         for seed in config.seeds:
           spec = runs_lib.RunSpec(config.dataset, size, m.name, fraction, seed)
           model_dir = (config.out_dir / 'runs' / spec.run_id).resolve()
-          args = [f'--gin_file={_resolve_gin_file(g)}' for g in m.gin_files]
+          args = [f'--gin_file={resolve_gin_file(g)}' for g in m.gin_files]
           args += run_bindings(m, spec, model_dir, config.train_steps, config.bindings)
           train_argv = (*config.train_command, *args)
           eval_argv = ((*config.eval_command, *args,
@@ -469,7 +470,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def load_config(gin_files: Sequence[str], bindings: Sequence[str]) -> SweepConfig:
   gin.add_config_file_search_path(str(REPO_ROOT))
-  gin.parse_config_files_and_bindings([_resolve_gin_file(f) for f in gin_files],
+  gin.parse_config_files_and_bindings([resolve_gin_file(f) for f in gin_files],
                                       bindings, finalize_config=False)
   return SweepConfig()  # pylint: disable=no-value-for-parameter
 
