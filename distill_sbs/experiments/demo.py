@@ -18,6 +18,7 @@ import pathlib
 import shutil
 import sys
 import time
+import typing
 from typing import Any, Callable, Optional, Sequence
 
 from distill_sbs.experiments import aggregate
@@ -309,6 +310,8 @@ def _run_demo(cfg: DemoConfig, fresh: bool, runner: sweep.Runner,
               log: Callable[[str], None]) -> pathlib.Path:
   t_start = time.monotonic()
   timings: dict[str, float] = {}
+  # A bad --pretrained directory fails before any data work.
+  student = pretrained_lib.load(cfg.pretrained) if cfg.pretrained else None
   if fresh and pathlib.Path(cfg.work_dir).exists():
     shutil.rmtree(cfg.work_dir)
   n = 3 + len(cfg.methods)
@@ -316,8 +319,7 @@ def _run_demo(cfg: DemoConfig, fresh: bool, runner: sweep.Runner,
   data_dir = prepare_data(cfg, log)
   os.environ['DISTILL_SBS_DATA_DIR'] = str(data_dir)
   _stage(2, n, 'student' if cfg.pretrained else 'vocabulary', log)
-  if cfg.pretrained:
-    student = pretrained_lib.load(cfg.pretrained)
+  if student:
     base = sweep.resolve_gin_file(cfg.gin_file)
     gin_path = pretrained_lib.student_gin(
         student, base, pathlib.Path(cfg.work_dir).resolve() / 'pretrained_student.gin')
@@ -350,14 +352,15 @@ def parse_args(argv: Sequence[str]) -> tuple[DemoConfig, bool]:
   d = DemoConfig()
   p = argparse.ArgumentParser(prog='python -m distill_sbs.experiments.demo',
                               description=__doc__.split('\n')[0])
-  optional = {'learning_rate': float, 'pretrained': str}  # default None; others int
+  hints = typing.get_type_hints(DemoConfig)
   for f in dataclasses.fields(DemoConfig):
     if f.name in ('methods', 'extra_bindings'):
       p.add_argument(f'--{f.name}', default=None,
                      help=f'comma-separated (default {",".join(getattr(d, f.name)) or "none"})')
     else:
-      kind = (type(getattr(d, f.name)) if getattr(d, f.name) is not None
-              else optional.get(f.name, int))
+      # Optional[X] -> X (the other member of the union is NoneType).
+      kind = next((t for t in typing.get_args(hints[f.name]) if t is not type(None)),
+                  hints[f.name])
       p.add_argument(f'--{f.name}', type=kind, default=getattr(d, f.name))
   p.add_argument('--fresh', action='store_true', help='delete work_dir first')
   args = p.parse_args(argv)

@@ -29,12 +29,6 @@ class PretrainedStudent:
   config: Any                # models.T5Config read from config.json + tensors
 
 
-def _gin_literal(value: Any) -> str:
-  if isinstance(value, (tuple, list)):
-    return '(' + ''.join(f'{_gin_literal(v)}, ' for v in value) + ')'
-  return repr(value)  # str, int, float, bool
-
-
 def load(path: str) -> PretrainedStudent:
   """Reads `path` (config.json + safetensors + spiece.model); clear errors."""
   from distill_sbs.data import vocab  # pylint: disable=g-import-not-at-top
@@ -68,7 +62,8 @@ def student_gin(student: PretrainedStudent, base_gin: str, out: pathlib.Path) ->
       f'include {str(base_gin)!r}', '',
       f'VOCAB_SIZE = {cfg.vocab_size}', '',
       'models.T5Config:',
-      *(f'  {f} = {_gin_literal(getattr(cfg, f))}' for f in SHAPE_FIELDS), '']
+      # repr is a gin literal for these ints, floats, bools and string tuples.
+      *(f'  {f} = {getattr(cfg, f)!r}' for f in SHAPE_FIELDS), '']
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text('\n'.join(lines))
   return out

@@ -122,3 +122,4 @@ def test_demo_from_a_pretrained_student(tmp_path, raw_dir, monkeypatch):
   (hf / 'spiece.model').unlink()
   with pytest.raises(FileNotFoundError, match='no spiece.model'):
     demo.run_demo(dataclasses.replace(cfg, work_dir=str(tmp_path / 'work2')), log=lines.append)
+  assert not (tmp_path / 'work2').exists()  # it failed before preparing any data
