@@ -32,7 +32,7 @@ class RunCheckpointer:
     self.directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
     self.save_period = int(save_period)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(self.save_period, 1), max_to_keep=keep,
+        max_to_keep=keep,
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=('state', 'data'))

@@ -10,10 +10,10 @@ from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import seqio
 from flax import linen as nn
 
+from distill_sbs import models
 from distill_sbs.distill import losses as losses_lib
 
 Array = jnp.ndarray
@@ -129,18 +129,12 @@ class EncoderDecoderModel:
                              ) -> tuple[Array, dict[str, Array]]:
     length = max_decode_length or self._decode_length(batch)
     enc = batch['encoder_input_tokens']
-    generate = _generate_fn()
     options = dict(self.decode_options)
     if self.decode_method == 'sample' and rng is not None:
       options.setdefault('rng', rng)
-    if generate is not None:
-      tokens, log_probs = generate(self.config, params, enc, max_decode_length=length,
-                                   method=self.decode_method, **options)
-      return tokens, {'scores': log_probs}
-    if self.decode_method != 'greedy':
-      raise NotImplementedError('sampling / beam search need distill_sbs.models.generate')
-    tokens = self._greedy_fallback(params, enc, length)
-    return tokens, {}
+    tokens, log_probs = models.generate(self.config, params, enc, max_decode_length=length,
+                                        method=self.decode_method, **options)
+    return tokens, {'scores': log_probs}
 
   def _decode_length(self, batch: Batch) -> int:
     if 'decoder_target_tokens' in batch:
@@ -149,28 +143,6 @@ class EncoderDecoderModel:
       return int(self.max_decode_length)
     raise ValueError('predict_batch: the batch has no decoder_target_tokens; set '
                      'EncoderDecoderModel.max_decode_length')
-
-  def _greedy_fallback(self, params: Any, enc: Array, length: int) -> Array:
-    """Greedy decoding without a KV cache (LOCAL FALLBACK while
-    `distill_sbs.models.generate` is unavailable); O(length²) compute."""
-    eos = self.output_vocabulary.eos_id
-    batch = enc.shape[0]
-
-    def body(i, tokens):  # tokens [batch, length]
-      dec_in = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
-      logits = self.module.apply({'params': params}, enc, dec_in,
-                                 jnp.ones_like(tokens), enable_dropout=False)
-      nxt = jnp.argmax(logits[:, i], axis=-1).astype(tokens.dtype)
-      return tokens.at[:, i].set(nxt)
-    tokens = jax.lax.fori_loop(0, length, body, jnp.zeros((batch, length), jnp.int32))
-    return zero_after_eos(tokens, eos)
-
-
-def zero_after_eos(tokens: Array, eos_id: int) -> Array:
-  """Keeps tokens up to and including the first EOS, zeros the rest."""
-  is_eos = tokens == eos_id
-  after = jnp.cumsum(is_eos, axis=-1) - is_eos  # EOSs strictly before
-  return jnp.where(after > 0, 0, tokens)
 
 
 def token_accuracy_sums(logits: Array, batch: Batch) -> dict[str, Array]:
@@ -181,16 +153,3 @@ def token_accuracy_sums(logits: Array, batch: Batch) -> dict[str, Array]:
   correct = (jnp.argmax(logits, axis=-1) == targets) & mask
   return {'correct_tokens': jnp.sum(correct).astype(jnp.float32),
           'real_tokens': jnp.sum(mask).astype(jnp.float32)}
-
-
-def _generate_fn():
-  """`distill_sbs.models.generate` when the decoding module exists."""
-  try:
-    from distill_sbs import models  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return getattr(models, 'generate', None)
-
-
-def batch_to_numpy(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  return {k: np.asarray(v) for k, v in batch.items()}

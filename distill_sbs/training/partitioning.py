@@ -186,22 +186,9 @@ def opt_state_shardings(tx: Any, abstract_params: Any, param_shardings: Any,
     return jax.tree.map(lambda _: rep, abstract_opt_state)
 
 
-def local_batch_size(global_batch_size: int) -> int:
-  """Rows of the global batch this process feeds."""
-  n = jax.process_count()
-  if global_batch_size % n:
-    raise ValueError(f'BATCH_SIZE={global_batch_size} is not divisible by the '
-                     f'{n} processes')
-  return global_batch_size // n
-
-
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh
                       ) -> dict[str, jax.Array]:
   """Process-local rows → one global array per feature, sharded on 'data'."""
   sharding = data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
-
-
-def with_sharding_constraint(x: Any, mesh: Mesh, spec: P) -> Any:
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
