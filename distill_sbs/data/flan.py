@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import random
 import re
@@ -49,8 +48,7 @@ class FlanError(ValueError):
 
 def templates_dir() -> pathlib.Path:
   """`tasks/data/flan` (the `distill_sbs.tasks` package data)."""
-  import distill_sbs.tasks  # pylint: disable=import-outside-toplevel
-  return pathlib.Path(os.path.dirname(distill_sbs.tasks.__file__)) / 'data' / 'flan'
+  return templates.package_data_dir('flan')
 
 
 @dataclasses.dataclass(frozen=True)

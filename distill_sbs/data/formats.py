@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+from distill_sbs.metrics.accuracy import NLI_LABELS  # the metrics own the label set
+
 DATASETS = ('cqa', 'svamp', 'esnli', 'anli1')
-NLI_LABELS = ('entailment', 'neutral', 'contradiction')
 CHOICE_LETTERS = 'abcde'
 # Closed label sets; None where the label is open text (cqa answer text is one
 # of the row's own choices, svamp labels are equations).

@@ -27,6 +27,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 import string
 from typing import Any, Mapping, Sequence, Union
 
@@ -127,3 +129,14 @@ def few_shot(exemplars: Sequence[Mapping[str, Any]], query: Mapping[str, Any], *
   except TemplateError as e:
     raise TemplateError(f'query: {e}') from None
   return prefix + ''.join(s + separator for s in shots) + query_text
+
+
+def package_data_dir(*parts: str) -> pathlib.Path:
+  """`tasks/data/{parts}`: the `distill_sbs.tasks` package data (Flan templates,
+  teacher prompts), found without importing it (importing registers tasks)."""
+  spec = importlib.util.find_spec('distill_sbs.tasks')
+  if spec is not None and spec.submodule_search_locations:
+    base = pathlib.Path(list(spec.submodule_search_locations)[0])
+  else:
+    base = pathlib.Path(__file__).resolve().parents[2] / 'tasks'
+  return base.joinpath('data', *parts)

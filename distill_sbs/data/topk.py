@@ -19,6 +19,7 @@ Model features (`TopKFeatureConverter`, T5X names):
 """
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -311,17 +312,23 @@ def bytes_per_target_token(records: Sequence[Mapping[str, Any]]) -> dict[str, fl
 
 @gin.configurable
 def teacher_temperature(task: Optional[str] = None, records_dir: Optional[str] = None,
-                        default: Optional[float] = None, split: str = 'train') -> float:
+                        default: Optional[float] = None, split: str = 'train',
+                        registry_module: Optional[str] = 'distill_sbs.tasks') -> float:
   """The calibrated teacher T (`manifest.json` key `teacher_temperature`) of the
   records behind FIRST task `task` (or of `records_dir`), for gin:
-  `TopKDistillLoss.teacher_temperature = @topk.teacher_temperature()`."""
+  `TopKDistillLoss.teacher_temperature = @topk.teacher_temperature()`.
+
+  `registry_module` is imported first when `task` is not registered yet, as
+  `input_pipeline.DatasetConfig.module` (a name bound late, not an import of
+  the tasks package: gin builds the loss before the input pipeline).
+  """
   del split
   if records_dir is None:
     if task is None:
       raise ValueError('teacher_temperature needs task or records_dir')
-    if task not in seqio.TaskRegistry.names():
-      import importlib  # pylint: disable=g-import-not-at-top
-      importlib.import_module('distill_sbs.tasks')  # registers the FIRST tasks
+    if registry_module and task not in (set(seqio.TaskRegistry.names())
+                                        | set(seqio.MixtureRegistry.names())):
+      importlib.import_module(registry_module)
     obj = seqio.get_mixture_or_task(task)
     tasks = obj.tasks if isinstance(obj, seqio.Mixture) else [obj]
     sources = [t.source for t in tasks if isinstance(t.source, TopKRecordsSource)]

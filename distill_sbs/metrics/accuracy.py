@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-from distill_sbs.data import formats
+# The NLI label set (e-SNLI, ANLI); `data.NLI_LABELS` is this tuple.
+NLI_LABELS = ('entailment', 'neutral', 'contradiction')
 
 
 def normalize_answer(text: str) -> str:
@@ -43,7 +44,7 @@ def per_class_accuracy(targets: Sequence[str], predictions: Sequence[str],
   """Overall accuracy plus 'accuracy_{class}' (recall of each gold class) and
   'invalid_rate' (% of predictions outside `classes`)."""
   _check(targets, predictions)
-  classes = tuple(classes or formats.NLI_LABELS)
+  classes = tuple(classes or NLI_LABELS)
   out = dict(exact_match(targets, predictions))
   t_norm = [normalize_answer(t) for t in targets]
   p_norm = [normalize_answer(p) for p in predictions]
@@ -58,7 +59,7 @@ def per_class_accuracy(targets: Sequence[str], predictions: Sequence[str],
 
 def nli_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dict:
   """`per_class_accuracy` over entailment / neutral / contradiction."""
-  return per_class_accuracy(targets, predictions, formats.NLI_LABELS)
+  return per_class_accuracy(targets, predictions, NLI_LABELS)
 
 
 def mean_log_likelihood(targets: Sequence[str], scores: Sequence[float]) -> dict:

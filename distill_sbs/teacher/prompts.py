@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -38,13 +37,7 @@ Messages = tuple[tuple[str, str], ...]  # ((role, content), ...)
 
 def prompts_dir() -> pathlib.Path:
   """`tasks/data/prompts` of this checkout / installed `distill_sbs.tasks`."""
-  # Locate the package without importing it (importing registers every task).
-  spec = importlib.util.find_spec('distill_sbs.tasks')
-  if spec is not None and spec.submodule_search_locations:
-    base = pathlib.Path(list(spec.submodule_search_locations)[0])
-  else:
-    base = pathlib.Path(__file__).resolve().parents[2] / 'tasks'
-  return base / 'data' / 'prompts'
+  return templates.package_data_dir('prompts')
 
 
 @dataclasses.dataclass(frozen=True)
