@@ -26,6 +26,7 @@ import functools
 import os
 from typing import Optional
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -35,6 +36,7 @@ from distill_sbs.data import paths
 from distill_sbs.data import splits as splits_lib
 from distill_sbs.data import topk
 from distill_sbs.data import vocab as vocab_lib
+from distill_sbs.metrics import choices as choices_lib
 from distill_sbs.metrics import rank_classification as rank_lib
 from distill_sbs.tasks import sbs
 
@@ -179,25 +181,27 @@ for _ds in formats.DATASETS:
 # accuracy and calibration side by side: mixtures `eval_{ds}` (label_gold +
 # rank_{ds}) and `eval_{ds}_predict` (predict_gold + rank_{ds}_predict).
 RANK_DATASETS = ('cqa', 'esnli', 'anli1')
-_CHOICE_LINE = r'\([a-e]\) .*'
 
 
 def _norm(t):
   return tf.strings.lower(tf.strings.strip(t))
 
 
+def _input_choices(inputs: bytes) -> np.ndarray:
+  return np.array([c.encode('utf-8') for c in choices_lib.parse_choices(inputs)], object)
+
+
 def expand_candidates(dataset: tf.data.Dataset, labels: Optional[tuple] = None
                       ) -> tf.data.Dataset:
   """One row per candidate: inputs, targets (candidate text), idx [example, candidate],
-  is_correct. Candidates: `labels`, or the '(a) ...' choice lines of the input (CQA)."""
+  is_correct. Candidates: `labels`, or the input's choices (CQA, `metrics.choices`)."""
 
   def fn(i, ex):
     if labels:
       cands = tf.constant(list(labels))
     else:
-      lines = tf.strings.split(ex['inputs'], '\n')
-      cands = tf.strings.substr(
-          tf.boolean_mask(lines, tf.strings.regex_full_match(lines, _CHOICE_LINE)), 4, -1)
+      cands = tf.numpy_function(_input_choices, [ex['inputs']], tf.string)
+      cands.set_shape([None])
     n = tf.shape(cands)[0]
     cand_idx = tf.range(n, dtype=tf.int64)
     return {'inputs': tf.fill([n], ex['inputs']), 'targets': cands,
