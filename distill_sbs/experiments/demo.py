@@ -33,7 +33,6 @@ from distill_sbs.experiments import sweep
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEMO_GIN = 'gin/experiments/demo.gin'
-SBS_GIN = 'gin/sbs/sbs.gin'
 SCRATCH_LEARNING_RATE = 0.01    # the tiny student from scratch
 PRETRAINED_LEARNING_RATE = 0.001  # T5X's fine-tuning rate (Adafactor, constant)
 
@@ -58,7 +57,8 @@ class DemoConfig:
     work_dir: prepared data, vocabulary and run dirs.
     report_dir: report.md, results.csv, PNGs.
     seed: RANDOM_SEED of both runs.
-    gin_file: the experiment gin (model + run) both methods train with.
+    gin_file: the student gin both methods train with, after the experiment's
+      parts (tiny model size, gin/runs/cpu.gin, the method, the dataset).
     extra_bindings: more `KEY=VALUE` gin bindings for both runs.
     pretrained: a Hugging Face T5 v1.1 / Flan-T5 directory (config.json,
       model.safetensors, spiece.model) both methods start from, with its shape
@@ -99,18 +99,15 @@ class DemoConfig:
     if self.pretrained:
       path = str(pathlib.Path(self.pretrained).expanduser().resolve())
       init = [f'INITIAL_CHECKPOINT_PATH={path!r}']
-    return [f'LEARNING_RATE={self.lr}', *init,
+    return [f'LEARNING_RATE={self.lr}', *init, f'BATCH_SIZE={self.batch_size}',
+            f'INPUTS_LENGTH={self.input_length}', f'LABEL_LENGTH={self.label_length}',
+            f'RATIONALE_LENGTH={self.target_length}',
             f'EVAL_PERIOD={max(1, self.train_steps // 4)}',
             f'CHECKPOINT_PERIOD={self.train_steps}',
             f'LOG_PERIOD={max(1, self.train_steps // 40)}',
             'train_loop.train.infer_eval_dataset_cfg=None',  # the demo tests itself
             *self.extra_bindings]
 
-  def feature_lengths(self, method: methods_lib.Method) -> str:
-    """Label-only tasks need short targets; rationale tasks `target_length`."""
-    label_only = '_label_' in method.task + '_'
-    tgt = self.label_length if label_only else self.target_length
-    return f"TASK_FEATURE_LENGTHS={{'inputs': {self.input_length}, 'targets': {tgt}}}"
 
 
 def _stage(i: int, n: int, what: str, log: Callable[[str], None]) -> float:
@@ -166,28 +163,33 @@ def vocab_total_size(spm_model: Optional[pathlib.Path]) -> int:
   return int(vocab.get_vocabulary(str(spm_model) if spm_model else None).vocab_size)
 
 
-def sweep_config(cfg: DemoConfig, spm_model: Optional[pathlib.Path]) -> sweep.SweepConfig:
+def sweep_config(cfg: DemoConfig, spm_model: Optional[pathlib.Path],
+                 data_dir: Optional[pathlib.Path] = None,
+                 extra_gin_files: Sequence[str] = ()) -> sweep.SweepConfig:
+  """The demo as a sweep: one size, fraction and seed; the data dir and the
+  vocabulary reach the runs through `SweepConfig.env`."""
   # A pretrained student's gin file sets VOCAB_SIZE from its config.json.
   vocab_bindings = [] if cfg.pretrained else [f'VOCAB_SIZE={vocab_total_size(spm_model)}']
-  overrides = {}
-  for m in methods_lib.resolve(cfg.methods):
-    filled = m.fill(cfg.dataset, cfg.size, 1.0)
-    paired = methods_lib.PAIRED_MARKER in filled.task
-    overrides[m.name] = {
-        'gin_files': [cfg.gin_file] + ([SBS_GIN] if paired else []),
-        'bindings': [cfg.feature_lengths(filled),
-                     f'BATCH_SIZE={cfg.batch_size * (2 if paired else 1)}',
-                     *([f'EVAL_TASK="{filled.eval_task}"'] if paired else [])]}
   eval_bindings = []
   if cfg.max_test_examples:
     eval_bindings.append(f'{sweep.EVAL_FN}.num_examples={cfg.max_test_examples}')
-  return sweep.SweepConfig(
+  env = {}
+  if data_dir is not None:
+    env['DISTILL_SBS_DATA_DIR'] = str(data_dir)
+  env['DISTILL_SBS_SPM_PATH'] = str(spm_model) if spm_model else ''
+  scfg = sweep.SweepConfig(
       name=f'demo_{cfg.dataset}', dataset=cfg.dataset, sizes=(cfg.size,),
       methods=tuple(cfg.methods), fractions=(1.0,), seeds=(cfg.seed,),
-      train_steps=cfg.train_steps,
+      train_steps=cfg.train_steps, model_gin='t5x_configs/models/t5_1_1/tiny.gin',
+      gin_files=(cfg.gin_file, *extra_gin_files),
       output_dir=str(pathlib.Path(cfg.work_dir).resolve() / 'sweep'),
-      bindings=tuple(cfg.bindings() + vocab_bindings), method_overrides=overrides,
+      bindings=tuple(cfg.bindings() + vocab_bindings), env=env,
       eval_bindings=tuple(eval_bindings))
+  # Same examples per step for every method: a paired step-by-step example
+  # gives two rows, so its batch holds 2 × batch_size rows.
+  overrides = {r.spec.method: {'bindings': [f'BATCH_SIZE={2 * cfg.batch_size}']}
+               for r in sweep.plan(scfg) if methods_lib.PAIRED_MARKER in r.task}
+  return dataclasses.replace(scfg, method_overrides=overrides)
 
 
 def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
@@ -198,9 +200,7 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
   planned = sweep.plan(scfg)
   rows = aggregate.collect([(r.spec, r.model_dir) for r in planned])
   aggregate.write_csv(rows, out / 'results.csv')
-  methods = [m.fill(cfg.dataset, cfg.size, 1.0)
-             for m in methods_lib.resolve(cfg.methods, scfg.method_overrides)]
-  order = {m.name: i for i, m in enumerate(methods)}
+  order = {r.spec.method: i for i, r in enumerate(planned)}
   rows = sorted(rows, key=lambda r: order[r['method']])
   curves = {r.spec.method: runs_lib.read_metrics(r.model_dir / runs_lib.METRICS_FILE)
             for r in planned}
@@ -244,8 +244,8 @@ def write_demo_report(cfg: DemoConfig, scfg: sweep.SweepConfig,
           f'learning rate {cfg.lr}, seed {cfg.seed}; input length '
           f'{cfg.input_length}, target length {cfg.label_length} (labels) / '
           f'{cfg.target_length} (with rationales).',
-          *(f'- `{m.name}`: {m.description} (train task `{m.task}`, tested on '
-            f'`{m.eval_task}`).' for m in methods),
+          *(f'- `{r.method.name}`: {r.method.description} (train task `{r.task}`, '
+            f'tested on `{r.test_task}`).' for r in planned),
           f'- wall time of this invocation {timings.get("total", float("nan")):.0f} s '
           '(runs that had finished before are reused; per-run training and '
           'evaluation seconds are in `results.csv`).'])),
@@ -287,23 +287,11 @@ def _student_line(cfg: DemoConfig) -> str:
                             'training split' if cfg.vocab_size else 'bytes') + '.')
 
 
-_ENV_KEYS = ('DISTILL_SBS_DATA_DIR', 'DISTILL_SBS_SPM_PATH')
-
-
 def run_demo(cfg: DemoConfig, *, fresh: bool = False,
              runner: sweep.Runner = sweep.subprocess_runner,
              log: Callable[[str], None] = lambda s: print(s, flush=True)) -> pathlib.Path:
-  """Runs every stage; returns the report path. The data dir and vocabulary
-  reach the runs through the environment, restored on return."""
-  saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-  try:
-    return _run_demo(cfg, fresh, runner, log)
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
+  """Runs every stage; returns the report path."""
+  return _run_demo(cfg, fresh, runner, log)
 
 
 def _run_demo(cfg: DemoConfig, fresh: bool, runner: sweep.Runner,
@@ -317,25 +305,20 @@ def _run_demo(cfg: DemoConfig, fresh: bool, runner: sweep.Runner,
   n = 3 + len(cfg.methods)
   _stage(1, n, f'data: {cfg.dataset}', log)
   data_dir = prepare_data(cfg, log)
-  os.environ['DISTILL_SBS_DATA_DIR'] = str(data_dir)
   _stage(2, n, 'student' if cfg.pretrained else 'vocabulary', log)
+  extra_gin = []
   if student:
-    base = sweep.resolve_gin_file(cfg.gin_file)
     gin_path = pretrained_lib.student_gin(
-        student, base, pathlib.Path(cfg.work_dir).resolve() / 'pretrained_student.gin')
-    cfg = dataclasses.replace(cfg, gin_file=str(gin_path))
+        student, pathlib.Path(cfg.work_dir).resolve() / 'pretrained_student.gin')
+    extra_gin.append(str(gin_path))
     spm_model = student.vocab_model
     c = student.config
     log(f'  {student.path}: {c.num_encoder_layers}+{c.num_decoder_layers} layers, '
         f'emb {c.emb_dim}, vocabulary {spm_model.name} ({c.vocab_size} ids); run gin {gin_path}')
   else:
     spm_model = train_vocabulary(cfg, data_dir, log)
-  if spm_model:
-    os.environ['DISTILL_SBS_SPM_PATH'] = str(spm_model)
-  else:
-    os.environ.pop('DISTILL_SBS_SPM_PATH', None)
   timings['data'] = time.monotonic() - t_start
-  scfg = sweep_config(cfg, spm_model)
+  scfg = sweep_config(cfg, spm_model, data_dir, extra_gin)
   for i, run in enumerate(sweep.plan(scfg)):
     _stage(3 + i, n, f'train + evaluate `{run.spec.method}` '
            f'({cfg.train_steps} steps; log {run.model_dir}/train.log)', log)

@@ -50,16 +50,15 @@ def load(path: str) -> PretrainedStudent:
   return PretrainedStudent(d, spm, config)
 
 
-def student_gin(student: PretrainedStudent, base_gin: str, out: pathlib.Path) -> pathlib.Path:
-  """Writes `out`: `base_gin` with the checkpoint's shape and vocabulary
-  size; returns its path."""
+def student_gin(student: PretrainedStudent, out: pathlib.Path) -> pathlib.Path:
+  """Writes `out`, the checkpoint's shape and vocabulary size as gin (added
+  after the demo's student gin, so it overrides its shape); returns its path."""
   cfg = student.config
   lines = [
       f'# Written by distill_sbs.experiments.demo for --pretrained={student.path}:',
-      f'# {base_gin} with the model shape of its config.json.',
+      '# the model shape of its config.json.',
       'from __gin__ import dynamic_registration', '',
       'from distill_sbs import models', '',
-      f'include {str(base_gin)!r}', '',
       f'VOCAB_SIZE = {cfg.vocab_size}', '',
       'models.T5Config:',
       # repr is a gin literal for these ints, floats, bools and string tuples.

@@ -5,21 +5,25 @@ As the evaluator (when `run_student_eval.eval_task` is bound) it writes
 `test_predictions.jsonl` with 10 examples: confidence (i + 0.5) / 10, correct
 for i < 5 + seed.
 
-Understands the flags the sweep passes (`--gin_file=`, `--gin.KEY=VALUE`);
-appends one line per invocation to `$FAKE_TRAIN_CALLS` so tests can count runs.
+Understands the flags the sweep passes (`--gin_file=`, `--gin.KEY=VALUE`), reading
+the macros of the composed gin files as the trainer would (`gin_macros`); appends one line per invocation to `$FAKE_TRAIN_CALLS` so tests can count runs.
 """
 import json
 import os
 import pathlib
 import sys
 
+from distill_sbs.training import gin_macros
+
 
 def main(argv):
   gin = {}
-  for a in argv:
-    if a.startswith('--gin.'):
-      k, v = a[len('--gin.'):].split('=', 1)
-      gin[k] = json.loads(v) if v[:1] in '"[' or v[:1].isdigit() else v
+  files = [a.split('=', 1)[1] for a in argv if a.startswith('--gin_file=')]
+  bindings = [a[len('--gin.'):] for a in argv if a.startswith('--gin.')]
+  gin.update(gin_macros.read_macros(files, bindings))
+  for a in bindings:
+    k, v = a.split('=', 1)
+    gin[k] = json.loads(v) if v[:1] in '"[' or v[:1].isdigit() else v
   model_dir = pathlib.Path(gin['MODEL_DIR'])
   model_dir.mkdir(parents=True, exist_ok=True)
   evals = {k.rsplit('.', 1)[1]: v for k, v in gin.items() if 'run_student_eval' in k}

@@ -43,11 +43,17 @@ def test_plan_commands(tmp_path):
   assert r.model_dir == (tmp_path / 'out/runs/cqa_tiny/standard_finetune/frac50/seed0').resolve()
   assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_label_gold_50pct"' in r.train_argv
   assert '--gin.TRAIN_STEPS=3' in r.train_argv and '--gin.RANDOM_SEED=0' in r.train_argv
-  assert any(a.startswith('--gin_file=') and a.endswith('gin/baselines/cqa_finetune_tiny.gin')
-             for a in r.train_argv)
+  # The four parts, in order: model size, run, method, dataset.
+  files = [a.split('=', 1)[1] for a in r.train_argv if a.startswith('--gin_file=')]
+  assert [f.split('/', 1)[0] + '/' + f.rsplit('/', 1)[1] for f in
+          (str(pathlib.Path(x).resolve().relative_to(sweep.REPO_ROOT)) for x in files)] == [
+              't5x_configs/tiny.gin', 'gin/cpu.gin', 'gin/standard_finetune.gin', 'gin/cqa.gin']
+  assert r.task == 'sbs_cqa_label_gold_50pct' and r.test_task == 'sbs_cqa_label_gold'
   full = [x for x in runs if x.spec.fraction == 1.0 and x.spec.method == 'sbs_llm']
-  assert '--gin.MIXTURE_OR_TASK_NAME="sbs_cqa_paired_llm"' in full[0].train_argv
-  assert any(a.endswith('gin/sbs/cqa_tiny.gin') for a in full[0].train_argv)
+  # At the full data the task is the method part's own (no override).
+  assert not any('MIXTURE_OR_TASK_NAME' in a for a in full[0].train_argv)
+  assert full[0].task == 'sbs_cqa_paired_llm' and full[0].test_task == 'sbs_cqa_predict_gold'
+  assert any(a.endswith('gin/methods/sbs_llm.gin') for a in full[0].train_argv)
   # Signatures hash the configuration (method, fraction task, steps); the seed
   # and run dir are in the spec.
   assert len({x.signature for x in runs}) == 4  # methods x fractions
@@ -209,11 +215,13 @@ def test_train_progress_reads_metrics(tmp_path):
 
 @pytest.mark.parametrize('ds', ['cqa', 'svamp', 'esnli', 'anli1'])
 def test_experiment_gins_plan_existing_gin_files(ds):
-  for name, sizes, n_methods in [(f'{ds}_tiny', ('tiny',), 5), (f'{ds}_tiny_first', ('tiny',), 7),
-                                 (f'{ds}_base', ('small', 'base'), 5)]:
+  for files, name, sizes, n_methods in [
+      ([f'{ds}_tiny'], f'{ds}_tiny', ('tiny',), 5),
+      ([f'{ds}_tiny', 'with_first'], f'{ds}_tiny', ('tiny',), 7),
+      ([f'{ds}_base'], f'{ds}_base', ('small', 'base'), 5)]:
     with gin.unlock_config():
       gin.clear_config()
-      config = sweep.load_config([f'gin/experiments/{name}.gin'], [])
+      config = sweep.load_config([f'gin/experiments/{f}.gin' for f in files], [])
     gin.clear_config()
     assert config.name == name and config.dataset == ds and config.sizes == sizes
     runs = sweep.plan(config)
@@ -222,6 +230,17 @@ def test_experiment_gins_plan_existing_gin_files(ds):
       for a in r.train_argv:
         if a.startswith('--gin_file='):
           assert pathlib.Path(a.split('=', 1)[1]).exists(), a
+    # A comparison of methods differs only in the method: same budget and inputs.
+    from distill_sbs.training import gin_macros  # pylint: disable=g-import-not-at-top
+    for size in sizes:
+      shared = set()
+      for r in runs:
+        if r.spec.size == size:
+          m = gin_macros.read_macros(r.gin_files, [a[len('--gin.'):] for a in r.train_argv
+                                                   if a.startswith('--gin.')])
+          shared.add((m['TRAIN_STEPS'], m['BATCH_SIZE'], m['LEARNING_RATE'],
+                      m['TASK_FEATURE_LENGTHS']['inputs'], m['EVAL_PERIOD']))
+      assert len(shared) == 1, (name, size, shared)
     if name.endswith('_base'):
       assert "--gin.INITIAL_CHECKPOINT_PATH='checkpoints/t5-v1_1-small'" in runs[0].train_argv
       assert '--gin.distill_sbs.experiments.evaluate.run_student_eval.model=%MODEL' in \
