@@ -1,14 +1,16 @@
 """distill_sbs.tasks: importing this package registers every SeqIO task/mixture.
 
-`sbs` (distilling step-by-step) first; `first`, `ul2r` and `flan` when their
-module files are present (each depends on `sbs` being registered).
+Once per process (Python imports a module once; SeqIO raises on a name
+registered twice): `sbs` (distilling step-by-step, with its fraction and
+mode-token variants), then `first` (FIRST, rank and eval tasks), `ul2r` and
+`flan`, which build on `sbs`. Import it as `distill_sbs.tasks` only: the same
+files under a second module name (`tasks`) would register every name again.
 """
-import importlib
-import os
+if __name__ != 'distill_sbs.tasks':
+  raise ImportError(f'import distill_sbs.tasks, not {__name__!r} (the top-level '
+                    'tasks/ folder is installed as distill_sbs.tasks)')
 
-from distill_sbs.tasks import sbs  # noqa: F401
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-for _name in ('first', 'ul2r', 'flan'):
-  if os.path.exists(os.path.join(_HERE, f'{_name}.py')):
-    importlib.import_module(f'distill_sbs.tasks.{_name}')
+from distill_sbs.tasks import sbs  # noqa: F401,E402  pylint: disable=g-import-not-at-top
+from distill_sbs.tasks import first  # noqa: F401,E402  pylint: disable=g-import-not-at-top
+from distill_sbs.tasks import ul2r  # noqa: F401,E402  pylint: disable=g-import-not-at-top
+from distill_sbs.tasks import flan  # noqa: F401,E402  pylint: disable=g-import-not-at-top

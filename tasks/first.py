@@ -33,6 +33,7 @@ import tensorflow as tf
 from distill_sbs.data import formats
 from distill_sbs.data import parsers
 from distill_sbs.data import paths
+from distill_sbs.data import record_sources
 from distill_sbs.data import splits as splits_lib
 from distill_sbs.data import topk
 from distill_sbs.data import vocab as vocab_lib
@@ -71,9 +72,7 @@ def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> dict[str, 
 
 
 def _add_task(name: str, **kwargs) -> str:
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(name, **kwargs)
+  seqio.TaskRegistry.add(name, **kwargs)  # raises on a duplicate name
   return name
 
 
@@ -105,7 +104,7 @@ def register_first_tasks(name: str, records_dir: Optional[str] = None, *,
   if records_dir is None and ds is None:
     raise ValueError(f'register_first_tasks({name!r}): give records_dir or ds')
   v = vocabulary or vocab_lib.DEFAULT_VOCABULARY
-  source = topk.TopKRecordsSource(
+  source = record_sources.TopKRecordsSource(
       records_dir, vocabulary=v, topk_field=topk_field,
       default_dir=None if records_dir else functools.partial(default_records_dir, ds,
                                                             default_dir_suffix),
@@ -127,7 +126,8 @@ def register_explain_task(name: str, ds: str, *, fraction_pct: Optional[float] =
   """'explain: ' input → gold/teacher rationale with one-hot top-k (see module doc)."""
   v = vocabulary or vocab_lib.DEFAULT_VOCABULARY
   return _add_task(
-      name, source=sbs.SbsRecordsSource(ds, 'rationale', records_dir, fraction_pct),
+      name,
+      source=record_sources.SbsRecordsSource(ds, 'rationale', records_dir, fraction_pct),
       output_features=output_features(v),
       preprocessors=[seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim,
@@ -136,9 +136,7 @@ def register_explain_task(name: str, ds: str, *, fraction_pct: Optional[float] =
 
 
 def _mixture(name: str, tasks) -> str:
-  if name in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, list(tasks))
+  seqio.MixtureRegistry.add(name, list(tasks))  # raises on a duplicate name
   return name
 
 
@@ -221,19 +219,18 @@ def rank_postprocess(text, example=None, is_target: bool = False):
 
 def register_rank_tasks(ds: str, *, records_dir: Optional[str] = None,
                         vocabulary: Optional[seqio.Vocabulary] = None,
-                        num_bins: int = 10) -> list[str]:
-  """Registers `rank_{ds}` and `rank_{ds}_predict` over the prepared gold records."""
+                        num_bins: int = 10, prefix: str = 'rank') -> list[str]:
+  """Registers `{prefix}_{ds}` and `{prefix}_{ds}_predict` over the prepared
+  gold records (at import: `rank_{ds}`; names are registered once)."""
   formats.check_dataset(ds)
   labels = formats.LABELS.get(ds)
   if labels is None and ds != 'cqa':
     raise ValueError(f'rank classification needs a closed label set; {ds!r} has none')
   names = []
   for kind, suffix in (('label_gold', ''), ('predict_gold', '_predict')):
-    name = f'rank_{ds}{suffix}'
-    if name in seqio.TaskRegistry.names():
-      seqio.TaskRegistry.remove(name)
+    name = f'{prefix}_{ds}{suffix}'
     seqio.TaskRegistry.add(
-        name, source=sbs.SbsRecordsSource(ds, kind, records_dir),
+        name, source=record_sources.SbsRecordsSource(ds, kind, records_dir),
         output_features=sbs.output_features('label_gold', vocabulary),
         preprocessors=[functools.partial(expand_candidates, labels=labels),
                        seqio.preprocessors.tokenize,
@@ -251,10 +248,7 @@ def register_eval_mixtures(ds: str) -> list[str]:
   for label_task, rank_task, name in (
       (f'sbs_{ds}_label_gold', f'rank_{ds}', f'eval_{ds}'),
       (f'sbs_{ds}_predict_gold', f'rank_{ds}_predict', f'eval_{ds}_predict')):
-    if name in seqio.MixtureRegistry.names():
-      seqio.MixtureRegistry.remove(name)
-    seqio.MixtureRegistry.add(name, [(label_task, 1.0), (rank_task, 1.0)])
-    names.append(name)
+    names.append(_mixture(name, [(label_task, 1.0), (rank_task, 1.0)]))
   return names
 
 

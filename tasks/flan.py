@@ -86,7 +86,6 @@ def register_flan_tasks(ds: str, *, records_dir: Optional[str] = None,
   names = []
   for variant in flan.VARIANTS:
     name = f'{prefix}_{ds}_{variant}'
-    seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name, source=flan_source(ds, variant, records_dir),
         output_features=features,
@@ -95,7 +94,6 @@ def register_flan_tasks(ds: str, *, records_dir: Optional[str] = None,
         postprocess_fn=sbs.extract_cot_label if variant == 'cot' else None,
         metric_fns=sbs.label_metric_fns(ds))
     names.append(name)
-  seqio.MixtureRegistry.remove(f'{prefix}_{ds}')
   seqio.MixtureRegistry.add(f'{prefix}_{ds}', [(n, 1.0) for n in names])
   return names + [f'{prefix}_{ds}']
 
@@ -105,7 +103,6 @@ def register_all() -> list[str]:
   for ds in formats.DATASETS:
     names += register_flan_tasks(ds)
   tasks = [n for n in names if n.endswith(tuple('_' + v for v in flan.VARIANTS))]
-  seqio.MixtureRegistry.remove('flan_all')
   seqio.MixtureRegistry.add('flan_all', [(n, 1.0) for n in tasks])
   return names + ['flan_all']
 

@@ -21,6 +21,11 @@ Data-fraction variants of every task and mixture: `{name}_{frac}` with frac in
 the first round(pct%·n) records of a fixed seed-0 permutation of the train
 records (in file order), so smaller fractions are nested in larger ones;
 validation and test stay whole.
+Mode-token variants `{name}_{nlu,s2s}` (the UL2 mode token before the inputs,
+for fine-tuning a UL2R checkpoint) of every whole-data task and mixture.
+Registration runs once, at import; names are unique (SeqIO raises on a
+duplicate). Another teacher's records: `register_sbs_tasks(ds, prefix=...,
+records_dir=...)`. The record source: `data/record_sources.SbsRecordsSource`.
 
 Teacher-dependent targets skip records whose teacher parse failed (empty
 `llm_label` / `rationale`), except that `cot` keeps every validation/test
@@ -37,25 +42,30 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 import gin
-import numpy as np
 import seqio
 import tensorflow as tf
 
 from distill_sbs.data import formats
 from distill_sbs.data import paths
-from distill_sbs.data import schema
+from distill_sbs.data import record_sources
 from distill_sbs.data import splits as splits_lib
+from distill_sbs.data import ul2
 from distill_sbs.data import vocab as vocab_lib
 from distill_sbs.metrics import accuracy
 from distill_sbs.metrics import svamp as svamp_metrics
 
-PREDICT_PREFIX = 'predict: '
-EXPLAIN_PREFIX = 'explain: '
-COT_SEPARATOR = ' So the answer is '
+# The record source and the task kinds live in `data/record_sources.py`.
+PREDICT_PREFIX = record_sources.PREDICT_PREFIX
+EXPLAIN_PREFIX = record_sources.EXPLAIN_PREFIX
+COT_SEPARATOR = record_sources.COT_SEPARATOR
 SPLITS = paths.SPLITS
-LABEL_KINDS = ('label_gold', 'label_llm', 'predict_gold', 'predict_llm')
-TASK_KINDS = LABEL_KINDS + ('rationale', 'cot', 'paired_gold', 'paired_llm')
+LABEL_KINDS = record_sources.LABEL_KINDS
+TASK_KINDS = record_sources.TASK_KINDS
 PAIRED_FEATURES = ('inputs', 'targets', 'rationale_inputs', 'rationale_targets')
+SbsRecordsSource = record_sources.SbsRecordsSource
+# Mode-token variants `{name}_{suffix}` (UL2R fine-tuning; see tasks/ul2r.py),
+# declared with the whole-data tasks and mixtures of the registered datasets.
+MODE_VARIANTS = {'nlu': ul2.NLU, 's2s': ul2.S2S}
 
 
 @gin.configurable
@@ -100,112 +110,6 @@ def label_metric_fns(ds: str) -> list[Callable[..., dict]]:
   return [accuracy.exact_match]
 
 
-# --------------------------------------------------------------------------- source
-
-_TEXT_SPEC = {f: tf.io.FixedLenFeature([], tf.string, default_value='')
-              for f in schema.TEXT_FIELDS}
-
-
-def _count_records(files: Sequence[str]) -> int:
-  return int(tf.data.TFRecordDataset(list(files)).reduce(
-      np.int64(0), lambda n, _: n + 1).numpy())
-
-
-def _features_for(kind: str, split: str, r: dict[str, tf.Tensor]
-                  ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-  """(features, keep) of one parsed record for one task kind and split."""
-  train = split == 'train'
-  gold = r['label']
-  teacher = r['llm_label'] if train else gold
-  nonempty = lambda t: tf.strings.length(t) > 0
-  x = r['inputs']
-  if kind in ('label_gold', 'predict_gold'):
-    target = gold
-  elif kind in ('label_llm', 'predict_llm'):
-    target = teacher
-  elif kind == 'rationale':
-    return {'inputs': EXPLAIN_PREFIX + x, 'targets': r['rationale']}, nonempty(
-        r['rationale'])
-  elif kind == 'cot':
-    # Eval splits keep every example (gold label; the rationale may be empty).
-    lab = teacher
-    target = tf.strings.strip(r['rationale'] + COT_SEPARATOR + lab)
-    keep = nonempty(lab) & (nonempty(r['rationale']) | tf.constant(not train))
-    return {'inputs': x, 'targets': target}, keep
-  elif kind in ('paired_gold', 'paired_llm'):
-    lab = gold if kind == 'paired_gold' else teacher
-    return ({'inputs': PREDICT_PREFIX + x, 'targets': lab,
-             'rationale_inputs': EXPLAIN_PREFIX + x,
-             'rationale_targets': r['rationale']},
-            nonempty(r['rationale']) & nonempty(lab))
-  else:
-    raise ValueError(f'unknown sbs task kind {kind!r}; expected one of {TASK_KINDS}')
-  prefix = PREDICT_PREFIX if kind.startswith('predict') else ''
-  return {'inputs': prefix + x, 'targets': target}, nonempty(target)
-
-
-class SbsRecordsSource(seqio.DataSource):
-  """Reads `{records_dir}/{split}.tfrecord-*` lazily and maps records to one
-  task kind's text features; optional nested train fraction (seed-0)."""
-
-  def __init__(self, ds: str, kind: str, records_dir: Optional[str] = None,
-               fraction_pct: Optional[float] = None, fraction_seed: int = 0):
-    super().__init__(splits=SPLITS)
-    formats.check_dataset(ds)
-    if kind not in TASK_KINDS:
-      raise ValueError(f'unknown sbs task kind {kind!r}; expected one of {TASK_KINDS}')
-    if fraction_pct is not None:
-      splits_lib.fraction_size(1, fraction_pct)  # validates the range
-    self.ds, self.kind, self.fraction_pct = ds, kind, fraction_pct
-    self.fraction_seed = fraction_seed
-    self._records_dir = records_dir
-
-  @property
-  def records_dir(self) -> str:
-    return self._records_dir or paths.dataset_dir(self.ds)
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split: str) -> Sequence[str]:
-    return self._files(split)
-
-  def _files(self, split: str) -> list[str]:
-    return schema.split_files(
-        self.records_dir, split,
-        f'run `python -m distill_sbs.data.prepare --raw_dir ...` or set ${paths.DATA_DIR_ENV}')
-
-  def train_mask(self, files: Sequence[str]) -> np.ndarray:
-    """bool [n]: the train records (in file order) this fraction keeps."""
-    return splits_lib.fraction_mask(_count_records(files), self.fraction_pct,
-                                    self.fraction_seed)
-
-  def get_dataset(self, split: str = 'train', shuffle: bool = True,
-                  seed: Optional[int] = None,
-                  shard_info: Optional[seqio.ShardInfo] = None, *,
-                  sequence_length=None, use_cached: bool = False,
-                  num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-    del shuffle, seed, sequence_length, use_cached, num_epochs  # Task shuffles.
-    if split not in SPLITS:
-      raise ValueError(f'unknown split {split!r}; expected one of {SPLITS}')
-    files = self._files(split)
-    d = tf.data.TFRecordDataset(files)  # sequential: file order is the id order
-    if self.fraction_pct is not None and split == 'train':
-      mask = tf.constant(self.train_mask(files))
-      d = d.enumerate().filter(lambda i, _: tf.gather(mask, i)).map(lambda _, x: x)
-    if shard_info is not None and shard_info.num_shards > 1:
-      d = d.shard(shard_info.num_shards, shard_info.index)
-    kind = self.kind
-
-    def convert(serialized):
-      return _features_for(kind, split, tf.io.parse_single_example(
-          serialized, _TEXT_SPEC))
-
-    d = d.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return d.filter(lambda _, keep: keep).map(lambda f, _: f)
-
-
 # ---------------------------------------------------------------- registration
 
 def _paired_eos_and_trim(dataset: tf.data.Dataset, output_features,
@@ -227,7 +131,9 @@ def output_features(kind: str, vocabulary: Optional[seqio.Vocabulary] = None
 
 
 def _add_task(name: str, source: SbsRecordsSource, kind: str,
-              vocabulary: Optional[seqio.Vocabulary]) -> str:
+              vocabulary: Optional[seqio.Vocabulary], mode: Optional[str] = None) -> str:
+  """Registers one task (SeqIO raises on a duplicate name); `mode`: the UL2
+  mode token prepended to the inputs after tokenization."""
   ds = source.ds
   if kind == 'rationale':
     metric_fns, postprocess = [accuracy.mean_log_likelihood], None
@@ -239,19 +145,11 @@ def _add_task(name: str, source: SbsRecordsSource, kind: str,
     metric_fns, postprocess = label_metric_fns(ds), None
   eos = (_paired_eos_and_trim if kind.startswith('paired')
          else seqio.preprocessors.append_eos_after_trim)
-  if name in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove(name)
+  mode_token = [functools.partial(ul2.prepend_mode_token, mode=mode)] if mode else []
   seqio.TaskRegistry.add(
       name, source=source, output_features=output_features(kind, vocabulary),
-      preprocessors=[seqio.preprocessors.tokenize, eos],
+      preprocessors=[seqio.preprocessors.tokenize, *mode_token, eos],
       postprocess_fn=postprocess, metric_fns=metric_fns)
-  return name
-
-
-def _add_mixture(name: str, tasks: Sequence[tuple[str, Callable]]) -> str:
-  if name in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, list(tasks))
   return name
 
 
@@ -259,8 +157,10 @@ def register_sbs_tasks(ds: str, *, records_dir: Optional[str] = None,
                        prefix: str = 'sbs',
                        fractions: Sequence[float] = splits_lib.FRACTIONS,
                        vocabulary: Optional[seqio.Vocabulary] = None,
-                       fraction_seed: int = 0) -> list[str]:
-  """Registers every task and mixture of `ds` as `{prefix}_{ds}_*`.
+                       fraction_seed: int = 0,
+                       modes: Sequence[str] = ()) -> list[str]:
+  """Registers every task and mixture of `ds` as `{prefix}_{ds}_*`, once:
+  a name registered before raises (SeqIO's duplicate-provider error).
 
   Args:
     ds: dataset (formatting and metrics), one of `formats.DATASETS`.
@@ -269,19 +169,28 @@ def register_sbs_tasks(ds: str, *, records_dir: Optional[str] = None,
     prefix: name prefix, e.g. 'sbs_palm' for another teacher's records.
     fractions: train-data percentages for the `_{frac}` variants.
     vocabulary: defaults to the lazy project vocabulary.
+    modes: keys of `MODE_VARIANTS`: also `{name}_{mode}` for every whole-data
+      task and mixture, with the UL2 mode token before the inputs.
   Returns:
     the registered names (tasks then mixtures).
   """
   names = []
-  for frac in (None, *fractions):
-    suffix = '' if frac is None else '_' + splits_lib.fraction_name(frac)
+  variants = [(None, None)] + [(frac, None) for frac in fractions] + [
+      (None, m) for m in modes]
+  for frac, mode in variants:
+    suffix = ('' if frac is None else '_' + splits_lib.fraction_name(frac)) + (
+        f'_{mode}' if mode else '')
+    token = MODE_VARIANTS[mode] if mode else None
     for kind in TASK_KINDS:
       src = SbsRecordsSource(ds, kind, records_dir, frac, fraction_seed)
-      names.append(_add_task(f'{prefix}_{ds}_{kind}{suffix}', src, kind, vocabulary))
+      names.append(_add_task(f'{prefix}_{ds}_{kind}{suffix}', src, kind, vocabulary,
+                             token))
     for teacher in ('gold', 'llm'):
-      names.append(_add_mixture(f'{prefix}_{ds}_{teacher}{suffix}', [
+      name = f'{prefix}_{ds}_{teacher}{suffix}'
+      seqio.MixtureRegistry.add(name, [
           (f'{prefix}_{ds}_predict_{teacher}{suffix}', _label_rate),
-          (f'{prefix}_{ds}_rationale{suffix}', _rationale_rate)]))
+          (f'{prefix}_{ds}_rationale{suffix}', _rationale_rate)])
+      names.append(name)
   return names
 
 
@@ -293,4 +202,4 @@ def manifest(ds: str, records_dir: Optional[str] = None) -> dict[str, Any]:
 
 
 for _ds in formats.DATASETS:
-  register_sbs_tasks(_ds)
+  register_sbs_tasks(_ds, modes=tuple(MODE_VARIANTS))

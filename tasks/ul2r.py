@@ -7,8 +7,9 @@ Registered at import:
   ul2r_cqa_corpus     (one of the above; the tiny/small/base gin runs use it),
   ul2r_{name}         for every `name=path` in `$DISTILL_SBS_UL2R_TEXT`
                       (comma-separated), via `register_ul2r_text_task`.
-Mode-token fine-tuning variants `{task}_{nlu,nlg,s2s}` of the `sbs_*` tasks and
-mixtures: `register_mode_token_variants()` (called at import when `sbs` is).
+Mode-token fine-tuning variants `{name}_{nlu,s2s}` of the `sbs_*` tasks and
+mixtures are declared with them (`sbs.MODE_VARIANTS`); other names or modes:
+`register_mode_token_variant(name, mode)`. Every name is registered once.
 
 Any seqio text source: `register_ul2r_task(name, source, text_key=...)`.
 A plain text (one document per line) or JSON Lines file (`text_key` field):
@@ -65,7 +66,6 @@ def register_ul2r_task(name: str, source: seqio.DataSource, *,
   (`ul2.ul2r_objective.preset`, default 'ul2r').
   """
   full = task_name(name)
-  seqio.TaskRegistry.remove(full)
   objective = (ul2.ul2r_objective if preset == _GIN else
                functools.partial(ul2.ul2r_objective, preset=preset))
   return seqio.TaskRegistry.add(
@@ -147,12 +147,20 @@ def register_ul2r_text_task(name: str, path: str, *, text_key: str = 'text',
                             vocabulary=vocabulary, preset=preset)
 
 
+_GIN_TEXT_TASKS: dict[str, tuple] = {}  # task name -> the hook's arguments
+
+
 @gin.configurable
 def ul2r_text_task(name: str = gin.REQUIRED, path: str = gin.REQUIRED,
                    text_key: str = 'text', preset: Optional[str] = _GIN) -> str:
-  """gin hook: registers `ul2r_{name}` over `path`, returns the task name."""
-  return register_ul2r_text_task(name, path, text_key=text_key,
-                                 preset=preset).name
+  """gin hook: registers `ul2r_{name}` over `path` (once: gin may evaluate the
+  reference again with the same arguments), returns the task name."""
+  full, args = task_name(name), (path, text_key, preset)
+  if _GIN_TEXT_TASKS.get(full) == args:
+    return full
+  task = register_ul2r_text_task(name, path, text_key=text_key, preset=preset)
+  _GIN_TEXT_TASKS[full] = args
+  return task.name
 
 
 def register_from_env(env: Optional[str] = None) -> list[str]:
@@ -202,7 +210,6 @@ def register_corpus_tasks() -> list[str]:
   names = []
   for ds in formats.DATASETS:
     names.append(register_ul2r_task(f'{ds}_corpus', corpus_source([ds])).name)
-  seqio.MixtureRegistry.remove('ul2r_sbs_corpus')
   seqio.MixtureRegistry.add('ul2r_sbs_corpus', [(n, 1.0) for n in names])
   return names + ['ul2r_sbs_corpus']
 
@@ -225,10 +232,20 @@ def _insert_mode(preprocessors, mode: str):
   return out
 
 
-def register_mode_token_variant(name: str, mode: str) -> str:
-  """`{name}_{nlu|nlg|s2s}`: task (or mixture) `name` with the mode token.
+def _component_variant(name: str, suffix: str, mode: str) -> str:
+  """A mixture component's variant: made by an earlier call (mixtures share
+  components, e.g. the rationale task) or registered now."""
+  new = f'{name}_{suffix}'
+  if new in seqio.TaskRegistry.names() or new in seqio.MixtureRegistry.names():
+    return new
+  return register_mode_token_variant(name, mode)
 
-  A mixture's variant mixes the variants of its tasks at the same rates.
+
+def register_mode_token_variant(name: str, mode: str) -> str:
+  """`{name}_{nlu|nlg|s2s}`: registered task (or mixture) `name` with the mode
+  token, for names and modes the declared variants (`sbs.MODE_VARIANTS`, made
+  with the `sbs_*` tasks) do not cover. A mixture's variant mixes the variants
+  of its tasks at the same rates. Each variant is registered once.
   """
   suffix = {v: k for k, v in MODE_SUFFIXES.items()}.get(mode)
   if suffix is None:
@@ -238,13 +255,11 @@ def register_mode_token_variant(name: str, mode: str) -> str:
     mix = seqio.get_mixture_or_task(name)
     # Keep callable rates (e.g. sbs's gin α) callable: seqio's rate table.
     rates = getattr(mix, '_task_to_rate', {})
-    parts = [(register_mode_token_variant(t.name, mode),
+    parts = [(_component_variant(t.name, suffix, mode),
               rates.get(t.name, mix.get_rate(t))) for t in mix.tasks]
-    seqio.MixtureRegistry.remove(new)
     seqio.MixtureRegistry.add(new, parts)
     return new
   task = seqio.get_mixture_or_task(name)
-  seqio.TaskRegistry.remove(new)
   seqio.TaskRegistry.add(
       new, source=task.source,
       preprocessors=_insert_mode(task.preprocessors, mode),
@@ -257,24 +272,5 @@ def register_mode_token_variant(name: str, mode: str) -> str:
   return new
 
 
-def register_mode_token_variants(prefix: str = 'sbs_',
-                                 modes: Sequence[str] = (ul2.NLU, ul2.S2S),
-                                 include_fractions: bool = False) -> list[str]:
-  """Mode-token variants of every registered task/mixture named `prefix*`
-  (without the `_{frac}pct` data-fraction variants unless asked)."""
-  names = sorted(n for n in set(seqio.TaskRegistry.names()) |
-                 set(seqio.MixtureRegistry.names())
-                 if n.startswith(prefix)
-                 and not n.endswith(tuple('_' + s for s in MODE_SUFFIXES))
-                 and (include_fractions or not n.endswith('pct')))
-  out = []
-  for n in names:
-    for m in modes:
-      out.append(register_mode_token_variant(n, m))
-  return out
-
-
 register_corpus_tasks()
 register_from_env()
-if any(n.startswith('sbs_') for n in seqio.MixtureRegistry.names()):
-  register_mode_token_variants()

@@ -55,13 +55,14 @@ def test_rank_tasks_expand_and_report_calibration(tmp_path):
   recs = [{'id': f'e{i}', 'inputs': formats.format_input('esnli', r),
            'label': formats.gold_label('esnli', r)} for i, r in enumerate(esnli)]
   schema.write_shards(str(tmp_path / 'esnli'), 'validation', recs)
-  first.register_rank_tasks('esnli', records_dir=str(tmp_path / 'esnli'), vocabulary=VOCAB)
-  rows = list(seqio.get_mixture_or_task('rank_esnli_predict').get_dataset(
+  first.register_rank_tasks('esnli', records_dir=str(tmp_path / 'esnli'), vocabulary=VOCAB,
+                            prefix='rank_test')  # `rank_esnli` is registered at import
+  rows = list(seqio.get_mixture_or_task('rank_test_esnli_predict').get_dataset(
       {'inputs': 128, 'targets': 16}, split='validation', shuffle=False).as_numpy_iterator())
   assert len(rows) == 12  # 4 examples × 3 labels
   assert rows[0]['inputs_pretokenized'].decode().startswith('predict: Premise: p0')
   assert [r['is_correct'] for r in rows[:3]] == [True, False, False]  # label 0 = entailment
-  m, scores = _evaluate('rank_esnli')
+  m, scores = _evaluate('rank_test_esnli')
   # Hand computation: softmax over −len(label)+1 (EOS) per example, same for all.
   lens = np.array([len(l) + 1 for l in formats.NLI_LABELS], float)
   p = np.exp(-lens) / np.exp(-lens).sum()  # 'neutral' (shortest) wins with p.max()
@@ -76,13 +77,14 @@ def test_cqa_candidates_come_from_the_input_choices(tmp_path):
          'answer': 'the zoo'}
   rec = {'id': 'c0', 'inputs': formats.format_input('cqa', row), 'label': row['answer']}
   schema.write_shards(str(tmp_path), 'test', [rec])
-  first.register_rank_tasks('cqa', records_dir=str(tmp_path), vocabulary=VOCAB)
-  rows = list(seqio.get_mixture_or_task('rank_cqa').get_dataset(
+  first.register_rank_tasks('cqa', records_dir=str(tmp_path), vocabulary=VOCAB,
+                            prefix='rank_test')
+  rows = list(seqio.get_mixture_or_task('rank_test_cqa').get_dataset(
       {'inputs': 128, 'targets': 16}, split='test', shuffle=False).as_numpy_iterator())
   assert [r['targets_pretokenized'].decode() for r in rows] == row['choices']
   assert [bool(r['is_correct']) for r in rows] == [False, False, True, False, False]
   assert [tuple(r['idx']) for r in rows] == [(0, j) for j in range(5)]
-  m, _ = _evaluate('rank_cqa', split='test')
+  m, _ = _evaluate('rank_test_cqa', split='test')
   assert m['accuracy'] == 0.0  # the fake model picks 'sea' (shortest)
   with pytest.raises(ValueError, match='closed label set'):
     first.register_rank_tasks('svamp')

@@ -9,6 +9,7 @@ import seqio
 from distill_sbs.data import schema
 from distill_sbs.data import vocab
 import distill_sbs.tasks  # noqa: F401  (registers; the data dir is set later)
+from distill_sbs.tasks import first
 from distill_sbs.tasks import sbs
 
 DATASETS = ('cqa', 'svamp', 'esnli', 'anli1')
@@ -211,3 +212,17 @@ def test_missing_records_error_names_the_path(tmp_path, unregister):
   with pytest.raises(FileNotFoundError, match='none/train.tfrecord'):
     seqio.get_mixture_or_task('sbs_missing_svamp_label_gold').get_dataset(
         LENGTHS, split='train')
+
+
+def test_registering_a_name_twice_raises():
+  """Registration is strict (SeqIO's duplicate-provider error), once at import."""
+  with pytest.raises(ValueError, match='duplicate'):
+    sbs.register_sbs_tasks('cqa', fractions=())
+  with pytest.raises(ValueError, match='duplicate'):
+    first.register_rank_tasks('esnli')
+  names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  for ds in DATASETS:  # mode-token variants are declared with their base tasks
+    for mode in sbs.MODE_VARIANTS:
+      assert {f'sbs_{ds}_{k}_{mode}' for k in sbs.TASK_KINDS} <= names
+      assert {f'sbs_{ds}_gold_{mode}', f'sbs_{ds}_llm_{mode}'} <= names
+      assert f'sbs_{ds}_gold_50pct_{mode}' not in names
