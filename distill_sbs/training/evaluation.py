@@ -1,4 +1,12 @@
-"""Evaluation: `seqio.Evaluator` with the project's decoding, and validation loss.
+"""Evaluation: the one path from a checkpoint to metrics.
+
+- `Predictor`: the model's jitted, sharded decoding (`predict_batch_with_aux`)
+  and scoring (`score_batch`) over seqio datasets;
+- `run_inference_eval`: the tasks' own metric functions through
+  `seqio.Evaluator` (training-time evaluation, `python -m distill_sbs.eval`);
+- `student_eval`: test accuracy, rank accuracy and calibration of one label
+  task, with one prediction and confidence per example (sweeps, demo,
+  `python -m distill_sbs.experiments.evaluate`); `validation_loss`.
 
 Every process sees the whole evaluation set; each feeds its rows of a padded
 global batch and the predictions are gathered back on every process.
@@ -6,6 +14,7 @@ global batch and the predictions are gathered back on every process.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
@@ -15,8 +24,15 @@ import seqio
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
+from distill_sbs.data import formats
+from distill_sbs.metrics import accuracy
+from distill_sbs.metrics import calibration
+from distill_sbs.metrics import choices
+from distill_sbs.metrics import rank_classification
+from distill_sbs.training import checkpoints as ckpt_lib
 from distill_sbs.training import input_pipeline
 from distill_sbs.training import partitioning
+from distill_sbs.training import train_state as ts_lib
 
 
 @gin.configurable(module='distill_sbs.training.evaluation')
@@ -65,7 +81,8 @@ def _padded_batches(ds: tf.data.Dataset, batch_size: int
 
 
 class Predictor:
-  """Jitted, sharded `predict_batch` / `score_batch` over seqio eval datasets."""
+  """Jitted, sharded `predict_batch_with_aux` / `score_batch` over seqio eval datasets
+  (enumerated: `(index, features)` elements, as `seqio.Evaluator` gives them)."""
 
   def __init__(self, model, mesh, rules, param_shardings, batch_size: int):
     self.model, self.mesh, self.rules = model, mesh, list(rules)
@@ -74,8 +91,12 @@ class Predictor:
       batch_size += data_size - batch_size % data_size
     self.batch_size = batch_size
     dsh = partitioning.data_sharding(mesh)
-    self._predict = jax.jit(model.predict_batch, in_shardings=(param_shardings, dsh, None),
-                            out_shardings=dsh)
+
+    def predict(params, batch, rng):
+      tokens, aux = model.predict_batch_with_aux(params, batch, rng)
+      return tokens, aux['scores']
+    self._predict = jax.jit(predict, in_shardings=(param_shardings, dsh, None),
+                            out_shardings=(dsh, dsh))
     self._score = jax.jit(model.score_batch, in_shardings=(param_shardings, dsh),
                           out_shardings=dsh)
 
@@ -85,18 +106,54 @@ class Predictor:
     for idx, feats, n in _padded_batches(ds, self.batch_size):
       batch = _to_global({k: feats[k] for k in keys if k in feats}, self.mesh)
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
-        out = _gather(fn(batch))
-      results.extend(zip(idx[:n].tolist(), out[:n].tolist()))
+        out = jax.tree.map(_gather, fn(batch))
+      rows = (list(zip(*(x[:n].tolist() for x in out))) if isinstance(out, tuple)
+              else out[:n].tolist())
+      results.extend(zip(idx[:n].tolist(), rows))
     return results
 
-  def predict_fn(self, params: Any, rng: Optional[jax.Array] = None):
+  def predict_with_aux_fn(self, params: Any, rng: Optional[jax.Array] = None):
+    """ds -> [(index, (tokens, sequence log-prob))]."""
     keys = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens')
     return lambda ds: self._run(lambda b: self._predict(params, b, rng), ds, keys)
 
+  def predict_fn(self, params: Any, rng: Optional[jax.Array] = None):
+    """ds -> [(index, tokens)] (seqio's `predict_fn`)."""
+    predict = self.predict_with_aux_fn(params, rng)
+    return lambda ds: [(i, tokens) for i, (tokens, _) in predict(ds)]
+
   def score_fn(self, params: Any):
+    """ds -> [(index, summed target log-prob)] (seqio's `score_fn`)."""
     keys = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens',
             'decoder_loss_weights')
     return lambda ds: self._run(lambda b: self._score(params, b), ds, keys)
+
+
+_INIT_SHAPES = {'encoder_input_tokens': (1, 8), 'decoder_input_tokens': (1, 8),
+                'decoder_target_tokens': (1, 8)}
+
+
+def load_predictor(model, checkpoint_path: str, batch_size: int,
+                   mesh_config: Optional[partitioning.MeshConfig] = None
+                   ) -> tuple[Predictor, Any]:
+  """(Predictor, params) of the checkpoint at `checkpoint_path` (a run / T5X model
+  dir: its latest step; a step dir; a Hugging Face dir), sharded on a new mesh."""
+  mesh_config = mesh_config or partitioning.MeshConfig()
+  mesh = partitioning.create_mesh(mesh_config)
+  rules = mesh_config.logical_axis_rules()
+  abstract, shardings = ts_lib.state_shardings(model, _INIT_SHAPES, mesh, rules)
+  params = ckpt_lib.load_params(checkpoint_path, abstract.params, shardings.params)
+  return Predictor(model, mesh, rules, shardings.params, batch_size), params
+
+
+def checkpoint_step(checkpoint_path: str) -> int:
+  """The step of the checkpoint read from `checkpoint_path`, parsed from a step
+  directory name (`<N>` or `checkpoint_<N>`); -1 if unknown (e.g. Hugging Face)."""
+  step_dir = ckpt_lib.find_step_dir(checkpoint_path)
+  if step_dir is None:
+    return -1
+  step = ckpt_lib.step_from_dir_name(os.path.basename(os.path.normpath(step_dir)))
+  return -1 if step is None else step
 
 
 def make_evaluator(cfg: EvalConfig, log_dir: Optional[str] = None) -> seqio.Evaluator:
@@ -121,6 +178,127 @@ def run_inference_eval(evaluator: seqio.Evaluator, predictor: Predictor, params:
   if hasattr(metrics, 'result'):
     metrics = metrics.result()
   return metrics or {}
+
+
+# ------------------------------------------------------------- student test eval
+@dataclasses.dataclass(frozen=True)
+class StudentEval:
+  metrics: dict[str, float]
+  predictions: list[dict[str, Any]]  # id, gold, generated, ranked, confidence, correct
+
+  @property
+  def confidences(self) -> np.ndarray:
+    return np.array([p['confidence'] for p in self.predictions], np.float64)
+
+  @property
+  def correct(self) -> np.ndarray:
+    return np.array([p['correct'] for p in self.predictions], bool)
+
+
+def text(v: Any) -> Optional[str]:
+  """A seqio text feature (bytes / numpy scalar) as str."""
+  if v is None:
+    return None
+  if isinstance(v, np.ndarray):
+    v = v.item() if v.ndim == 0 else v.tolist()
+  return v.decode('utf-8') if isinstance(v, bytes) else v
+
+
+def _candidate_rows(model_ds: tf.data.Dataset, cands: Sequence[Sequence[str]],
+                    vocab: seqio.Vocabulary) -> tf.data.Dataset:
+  """Enumerated model features: example i's encoder input with each of its
+  candidates (+ EOS) as target, row i * width + j; short sets repeat their
+  last candidate (a repeat never wins the argmax)."""
+  enc = dict(model_ds.map(lambda i, f: (i, f['encoder_input_tokens'])).as_numpy_iterator())
+  width = max(len(c) for c in cands)
+  ids = [[list(vocab.encode(x)) + [vocab.eos_id] for x in c + [c[-1]] * (width - len(c))]
+         for c in map(list, cands)]
+  targets = np.zeros((len(cands) * width, max(len(t) for c in ids for t in c)), np.int32)
+  for r, t in enumerate(t for c in ids for t in c):
+    targets[r, :len(t)] = t
+  feats = {'encoder_input_tokens': np.repeat(np.stack([enc[i] for i in range(len(cands))]),
+                                             width, axis=0),
+           'decoder_target_tokens': targets,
+           'decoder_input_tokens': np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+           'decoder_loss_weights': (targets > 0).astype(np.int32)}
+  return tf.data.Dataset.from_tensor_slices((np.arange(len(targets)), feats))
+
+
+def student_eval(evaluator: seqio.Evaluator, predict_with_aux_fn: Callable,
+                 score_fn: Callable, dataset: str, *, num_bins: int = 10,
+                 log: Callable[[str], None] = lambda s: None) -> StudentEval:
+  """Test metrics of one label task (`evaluator` over a single seqio task).
+
+  - generation accuracy: greedy output (after the task's postprocessor) vs the
+    postprocessed target (normalised exact match; SVAMP: equal equation values);
+  - rank classification over the candidate labels (NLI: the label set; CQA: the
+    input's choices, `metrics.choices`): rank accuracy and calibration (ECE, MCE,
+    Brier) with confidence = softmax over candidate sequence log-probs;
+  - without a candidate set (SVAMP) or with a postprocessor (chain-of-thought
+    outputs), confidence = exp(greedy output log-prob) against generation
+    correctness.
+  Accuracies are percentages; ECE/MCE/Brier lie in [0, 1].
+
+  Args:
+    predict_with_aux_fn: enumerated model ds -> [(index, (tokens, log-prob))]
+      (`Predictor.predict_with_aux_fn`).
+    score_fn: enumerated model ds -> [(index, summed target log-prob)]
+      (`Predictor.score_fn`).
+  """
+  if len(evaluator.eval_tasks) != 1:
+    raise ValueError('student_eval needs one task with this split and metric functions '
+                     f'(what seqio.Evaluator keeps); got {[t.name for t in evaluator.eval_tasks]}')
+  task = evaluator.eval_tasks[0]
+  examples = list(evaluator.cached_task_datasets[task.name].as_numpy_iterator())
+  if not examples:
+    raise ValueError(f'no examples to evaluate in {task.name}')
+  model_ds = evaluator.cached_model_datasets[task.name]
+  log(f'  decoding {len(examples)} examples of {task.name}')
+  outputs = dict(predict_with_aux_fn(model_ds))
+  vocab = task.output_features['targets'].vocabulary
+  post = task.postprocess_fn
+  golds = [post(text(ex['targets_pretokenized']), example=ex, is_target=True)
+           for ex in examples]
+  preds = [post(vocab.decode([int(t) for t in outputs[i][0]]), example=ex, is_target=False)
+           for i, ex in enumerate(examples)]
+  seq_logp = np.array([float(outputs[i][1]) for i in range(len(examples))])
+  gen_correct = np.array([choices.is_correct(dataset, g, p) for g, p in zip(golds, preds)])
+  metrics = {'accuracy': 100.0 * float(gen_correct.mean()),
+             'num_examples': float(len(examples))}
+  cands = None
+  if task.postprocessor is None:
+    cands = [choices.candidates(dataset, text(ex['inputs_pretokenized']),
+                                formats.LABELS.get(dataset)) for ex in examples]
+  if cands and all(c is not None for c in cands):
+    gold_idx = []
+    for i, (g, c) in enumerate(zip(golds, cands)):
+      norm = [accuracy.normalize_answer(x) for x in c]
+      if accuracy.normalize_answer(g) not in norm:
+        raise ValueError(f'example {i}: gold label {g!r} is not among its candidates {c}')
+      gold_idx.append(norm.index(accuracy.normalize_answer(g)))
+    log(f'  scoring {sum(map(len, cands))} candidates')
+    scores = dict(score_fn(_candidate_rows(model_ds, cands, vocab)))
+    width = max(len(c) for c in cands)
+    res = rank_classification.rank(
+        np.array([scores[r] for r in range(len(cands) * width)]).reshape(-1, width),
+        gold_idx)
+    conf, correct = res.confidences, res.correct
+    chosen = [c[int(k)] for c, k in zip(cands, res.predictions)]
+    metrics['rank_accuracy'] = 100.0 * float(correct.mean())
+    metrics['brier'] = calibration.brier(res.probabilities, np.asarray(gold_idx))
+    metrics['confidence_source'] = 0.0  # 0: rank classification
+  else:
+    conf = np.exp(np.minimum(seq_logp, 0.0))
+    correct, chosen = gen_correct, preds
+    metrics['confidence_source'] = 1.0  # 1: greedy sequence probability
+  metrics['ece'] = calibration.ece(conf, correct, num_bins=num_bins)
+  metrics['mce'] = calibration.mce(conf, correct, num_bins=num_bins)
+  metrics['mean_confidence'] = float(np.mean(conf))
+  predictions = [{'id': str(i), 'gold': g, 'generated': p, 'generated_correct': bool(gc),
+                  'ranked': ch, 'confidence': float(c), 'correct': bool(k)}
+                 for i, (g, p, gc, ch, c, k) in enumerate(
+                     zip(golds, preds, gen_correct, chosen, conf, correct))]
+  return StudentEval(metrics, predictions)
 
 
 def validation_loss(trainer, params: Any, batches) -> dict[str, float]:

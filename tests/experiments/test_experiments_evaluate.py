@@ -1,96 +1,108 @@
-"""Student evaluation: generation accuracy, rank classification, ECE by hand."""
+"""Student test evaluation (`training.evaluation.student_eval`) over seqio tasks:
+generation accuracy, rank classification and ECE by hand with fake model fns."""
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
-from distill_sbs.experiments import evaluate
+from distill_sbs.experiments import evaluate as evaluate_lib
+from distill_sbs.metrics import accuracy
+from distill_sbs.metrics import calibration
+from distill_sbs.metrics import choices
+from distill_sbs.training import evaluation
 
 VOCAB = seqio.ByteVocabulary(extra_ids=0)
 CQA_INPUT = 'Q?\nAnswer Choices:\n(a) red\n(b) blue\n(c) green\n(d) tea cup\n(e) sky'
+LENGTHS = {'inputs': 64, 'targets': 12}
 
 
 def test_candidates():
-  assert evaluate.candidates('cqa', CQA_INPUT) == ['red', 'blue', 'green', 'tea cup', 'sky']
-  assert evaluate.candidates('esnli', 'x') == ['entailment', 'neutral', 'contradiction']
-  assert evaluate.candidates('svamp', 'x') is None
+  assert choices.candidates('cqa', CQA_INPUT) == ['red', 'blue', 'green', 'tea cup', 'sky']
+  assert choices.candidates('cqa', 'predict: ' + CQA_INPUT)[-1] == 'sky'
+  assert choices.candidates('esnli', 'x', ('entailment', 'neutral')) == ['entailment',
+                                                                         'neutral']
+  assert choices.candidates('svamp', 'x') is None
   with pytest.raises(ValueError, match='Answer Choices'):
-    evaluate.candidates('cqa', 'no choices here')
+    choices.candidates('cqa', 'no choices here')
+
+
+def _evaluator(name, inputs, targets, postprocess_fn=None):
+  def dataset_fn(split, shuffle_files=False, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({'inputs': inputs, 'targets': targets})
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name, source=seqio.FunctionDataSource(dataset_fn, splits=('test',)),
+      preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+      output_features={k: seqio.Feature(VOCAB, add_eos=True) for k in ('inputs', 'targets')},
+      postprocess_fn=postprocess_fn, metric_fns=[accuracy.exact_match])
+  return evaluation.make_evaluator(evaluation.EvalConfig(name, LENGTHS, split='test',
+                                                         module=None))
 
 
 def _fake_fns(answers, favourite):
-  """generate returns `answers[i]`; score gives -1 per token to the candidate
-  starting with favourite[i]'s first byte and -3 per token otherwise."""
-  state = {'i': 0}
+  """predict returns `answers[i]` with log-prob -0.5; score gives -1 per token to
+  the candidate starting with favourite[i]'s first byte and -3 per token otherwise
+  (example i's input starts with the digit i)."""
 
-  def generate_fn(enc):
-    n = enc.shape[0]
-    out = np.zeros((n, 12), np.int32)
-    for j in range(n):
-      k = min(state['i'] + j, len(answers) - 1)
-      ids = VOCAB.encode(answers[k]) + [1]
-      out[j, :len(ids)] = ids
-    state['i'] += n
-    return out, np.full((n,), -0.5)
+  def predict_with_aux_fn(ds):
+    return [(int(i), (VOCAB.encode(answers[int(i)]) + [1], -0.5))
+            for i, _ in ds.as_numpy_iterator()]
 
-  def score_fn(enc, targets):
-    first = targets[:, 0]
-    row_fav = np.array([VOCAB.encode(favourite[int(e[0]) - ord('0') - 3])[0] for e in enc])
-    per_tok = np.where(first == row_fav, -1.0, -3.0)
-    return np.where(targets > 0, per_tok[:, None], 0.0)
+  def score_fn(ds):
+    out = []
+    for i, f in ds.as_numpy_iterator():
+      row = VOCAB.decode([int(f['encoder_input_tokens'][0])])
+      fav = VOCAB.encode(favourite[int(row)])[0]
+      tgt = f['decoder_target_tokens']
+      per_tok = -1.0 if tgt[0] == fav else -3.0
+      out.append((int(i), per_tok * float(np.sum(tgt > 0))))
+    return out
 
-  return generate_fn, score_fn
+  return predict_with_aux_fn, score_fn
 
 
-def test_evaluate_records_hand_values():
-  # Record i's input starts with the digit i so the fake scorer knows the row.
-  recs = [{'id': f'r{i}', 'inputs': f'{i}' + CQA_INPUT, 'label': lab}
-          for i, lab in enumerate(['red', 'blue', 'sky', 'green'])]
-  gen, score = _fake_fns(['red', 'Blue.', 'green', 'green'], ['red', 'blue', 'green', 'green'])
-  res = evaluate.evaluate_records(recs, 'cqa', VOCAB, gen, score, input_length=64,
-                                  batch_size=3)
+def test_cqa_hand_values():
+  ev = _evaluator('test_eval_cqa', [f'{i}' + CQA_INPUT for i in range(4)],
+                  ['red', 'blue', 'sky', 'green'])
+  res = evaluation.student_eval(ev, *_fake_fns(['red', 'Blue.', 'green', 'green'],
+                                              ['red', 'blue', 'green', 'green']), 'cqa')
   m = res.metrics
   assert m['accuracy'] == 75.0  # 'Blue.' normalises to 'blue'; 'green' != 'sky'
-  assert m['rank_accuracy'] == 75.0
-  # Confidence of the favourite: sum log-probs -L vs -3L; for 'red' (4 tokens
-  # with EOS) vs others; compute by hand from the softmax over candidates.
-  def conf(fav):
+  assert m['rank_accuracy'] == 75.0 and m['confidence_source'] == 0.0
+
+  def conf(fav):  # softmax over candidates of -L or -3L (L: tokens with EOS)
     cands = ['red', 'blue', 'green', 'tea cup', 'sky']
     lens = np.array([len(c) + 1 for c in cands])
-    first = np.array([c[0] for c in cands])
-    lp = np.where(first == fav[0], -1.0, -3.0) * lens
+    lp = np.where(np.array([c[0] for c in cands]) == fav[0], -1.0, -3.0) * lens
     p = np.exp(lp - lp.max())
     return (p / p.sum()).max()
   confs = np.array([conf('red'), conf('blue'), conf('green'), conf('green')])
   assert res.confidences == pytest.approx(confs)
-  correct = np.array([1, 1, 0, 1], float)
-  assert m['ece'] == pytest.approx(
-      __import__('distill_sbs.metrics.calibration', fromlist=['x']).ece(confs, correct))
+  assert m['ece'] == pytest.approx(calibration.ece(confs, np.array([1, 1, 0, 1], float)))
   assert [p['ranked'] for p in res.predictions] == ['red', 'blue', 'green', 'green']
   assert [p['generated'] for p in res.predictions] == ['red', 'Blue.', 'green', 'green']
 
 
-def test_svamp_uses_sequence_probability():
-  recs = [{'id': 'a', 'inputs': '3x', 'label': '( 1.0 + 2.0 )'},
-          {'id': 'b', 'inputs': '4x', 'label': '( 2.0 * 3.0 )'}]
-  gen, score = _fake_fns(['(1 + 2)', '(2 + 2)'], ['x', 'x'])
-  res = evaluate.evaluate_records(recs, 'svamp', VOCAB, gen, score, input_length=16)
+def test_svamp_and_postprocessed_outputs_use_sequence_probability():
+  ev = _evaluator('test_eval_svamp', ['3x', '4x'], ['( 1.0 + 2.0 )', '( 2.0 * 3.0 )'])
+  res = evaluation.student_eval(ev, *_fake_fns(['(1 + 2)', '(2 + 2)'], ['x', 'x']), 'svamp')
   assert res.metrics['accuracy'] == 50.0 and 'rank_accuracy' not in res.metrics
   assert res.confidences == pytest.approx([np.exp(-0.5)] * 2)
   assert res.metrics['ece'] == pytest.approx(abs(0.5 - np.exp(-0.5)))
+  # A postprocessor (chain of thought): gold and prediction both go through it.
+  last = lambda s, example=None, is_target=False: s.rsplit(' ', 1)[-1]
+  ev = _evaluator('test_eval_cot', ['0' + CQA_INPUT], ['because so red'], last)
+  res = evaluation.student_eval(ev, *_fake_fns(['thus red'], ['x']), 'cqa')
+  assert res.metrics['accuracy'] == 100.0 and res.metrics['confidence_source'] == 1.0
+  assert res.predictions[0]['gold'] == 'red'
 
 
-def test_real_tiny_model_runs():
-  import jax
-  from distill_sbs import models
-  cfg = models.T5Config(vocab_size=VOCAB.vocab_size, emb_dim=16, num_heads=2,
-                        num_encoder_layers=1, num_decoder_layers=1, head_dim=8, mlp_dim=32)
-  enc = np.ones((2, 8), np.int32)
-  params = models.Transformer(cfg).init(jax.random.PRNGKey(0), enc, enc, enc,
-                                        enable_dropout=False)['params']
-  gen, score = evaluate.model_fns(cfg, params, max_decode_length=6)
-  recs = [{'id': str(i), 'inputs': f'Premise: p{i}\nHypothesis: h', 'label': 'neutral'}
-          for i in range(3)]
-  res = evaluate.evaluate_records(recs, 'esnli', VOCAB, gen, score, input_length=32,
-                                  batch_size=2)
-  assert 0 <= res.metrics['ece'] <= 1 and len(res.predictions) == 3
-  assert all(1 / 3 - 1e-6 <= c <= 1 for c in res.confidences)
+def test_predictions_round_trip(tmp_path):
+  preds = [{'id': '0', 'confidence': 0.25, 'correct': True},
+           {'id': '1', 'confidence': 0.75, 'correct': False}]
+  evaluate_lib.write_results(str(tmp_path), {'accuracy': 50.0}, preds)
+  conf, correct = evaluate_lib.read_predictions(str(tmp_path))
+  assert conf.tolist() == [0.25, 0.75] and correct.tolist() == [True, False]
+  assert (tmp_path / 'eval_results.json').read_text().startswith('{')

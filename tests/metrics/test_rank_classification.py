@@ -1,55 +1,35 @@
-"""Rank classification over candidate label sequences with a table scorer."""
+"""Rank classification over summed candidate log-probs."""
 import numpy as np
 import pytest
 
 from distill_sbs.metrics import calibration, rank_classification as rc
 
 
-def _table_score_fn(table):
-  """log-prob of target token t given input row id x: table[x, t] (per token)."""
-  calls = []
-
-  def fn(enc, tgt):
-    calls.append(enc.shape[0])
-    return table[enc[:, :1], tgt] * (tgt != 0)
-  return fn, calls
-
-
-def test_rank_classification_matches_hand_computation(tmp_path):
+def test_rank_matches_hand_computation():
   rng = np.random.default_rng(0)
-  table = np.log(rng.dirichlet(np.ones(8), size=5))  # [inputs, vocab]
-  inputs = np.array([[1, 0], [2, 3], [4, 0], [0 + 3, 1]])  # first token picks the row
-  cands = np.array([[5, 1, 0], [6, 7, 1], [2, 1, 0]])  # [C, Lt], padded
+  lp = np.log(rng.dirichlet(np.ones(3), size=4))  # [n=4, C=3]
   gold = np.array([0, 1, 2, 1])
-  fn, calls = _table_score_fn(table)
-  res = rc.rank_classify(fn, inputs, cands, gold, batch_size=5)
-  assert calls == [5, 5, 2]  # 4 inputs × 3 candidates in chunks of 5
-  want = np.array([[table[x, c[c != 0]].sum() for c in cands] for x in inputs[:, 0]])
-  np.testing.assert_allclose(res.log_probs, want)
-  probs = np.exp(want) / np.exp(want).sum(1, keepdims=True)
+  res = rc.rank(lp, gold)
+  probs = np.exp(lp) / np.exp(lp).sum(1, keepdims=True)
   np.testing.assert_allclose(res.probabilities, probs)
-  np.testing.assert_array_equal(res.predictions, want.argmax(1))
-  report = rc.calibration_report(fn, inputs, cands, gold, num_bins=5,
-                                 reliability_png=str(tmp_path / 'r.png'))
-  correct = want.argmax(1) == gold
-  assert report['accuracy'] == pytest.approx(100 * correct.mean())
-  assert report['ece'] == pytest.approx(calibration.ece(probs.max(1), correct, num_bins=5))
-  assert report['mce'] == pytest.approx(calibration.mce(probs.max(1), correct, num_bins=5))
-  assert report['brier'] == pytest.approx(calibration.brier(probs, gold))
-  assert (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
+  np.testing.assert_array_equal(res.predictions, lp.argmax(1))
+  np.testing.assert_allclose(res.confidences, probs.max(1))
+  assert res.correct.tolist() == (lp.argmax(1) == gold).tolist()
 
 
-def test_per_example_candidates_and_errors():
-  table = np.log(np.full((3, 4), 0.25))
-  table[1, 2] = np.log(0.7)
-  fn, _ = _table_score_fn(table)
-  cands = np.array([[[1, 0], [2, 0]], [[3, 0], [2, 2]]])  # [n=2, C=2, Lt=2]
-  res = rc.rank_classify(fn, np.array([[1], [1]]), cands, [1, 0])
-  np.testing.assert_array_equal(res.predictions, [1, 1])  # .7 > .25; .7·.7 = .49 > .25
-  np.testing.assert_allclose(res.probabilities[0], [0.25 / 0.95, 0.7 / 0.95])
-  np.testing.assert_allclose(res.probabilities[1], [0.25 / 0.74, 0.49 / 0.74])
-  assert res.correct.tolist() == [True, False]
+def test_rank_errors():
   with pytest.raises(ValueError, match='gold_index'):
-    rc.rank_classify(fn, np.array([[1]]), cands[0], [2])
-  with pytest.raises(ValueError, match='empty'):
-    rc.rank_classify(fn, np.array([[1]]), np.array([[1], [0]]), [0])
+    rc.rank(np.zeros((1, 2)), [2])
+  with pytest.raises(ValueError, match=r'\[n, C\]'):
+    rc.rank(np.zeros((3,)), [0, 0, 0])
+
+
+def test_score_metric_equals_calibration_summary():
+  lp = np.array([[-1.0, -2.0], [-3.0, -0.5]])
+  targets = [(0, 0, True), (0, 1, False), (1, 0, True), (1, 1, False)]
+  out = rc.rank_classification_metrics(targets, lp.reshape(-1), num_bins=5)
+  want = calibration.calibration_summary(rc.rank(lp, [0, 0]).probabilities, [0, 0],
+                                         num_bins=5)
+  assert out['accuracy'] == pytest.approx(100 * want['accuracy'])
+  assert out['ece'] == pytest.approx(want['ece'])
+  assert out['brier'] == pytest.approx(want['brier'])

@@ -6,6 +6,7 @@ import numpy as np
 
 import train_helpers as helpers
 import tiny_tasks
+from distill_sbs.experiments import evaluate as evaluate_lib
 from distill_sbs.training import evaluation
 from distill_sbs.training import inference
 from distill_sbs.training import input_pipeline
@@ -57,3 +58,13 @@ def test_tiny_model_overfits_32_cqa_examples(tmp_path):
   assert [l['targets'] for l in lines] == gold
   assert [l['prediction'] for l in lines] == gold
   assert lines[0]['inputs'].startswith(tiny_tasks._rows(1)[0][0][:20])
+
+  # The sweeps' test evaluation of the same run: generation and rank accuracy,
+  # calibration, one prediction with its confidence per example.
+  m = evaluate_lib.run_student_eval(
+      model=model, model_dir=str(tmp_path / 'run'), eval_task=task, dataset='cqa',
+      split='validation', task_feature_lengths=LENGTHS, mesh_config=mesh, log=lambda s: None)
+  assert m['accuracy'] == 100.0 and m['rank_accuracy'] == 100.0
+  assert 0 <= m['ece'] <= 1 and m['num_examples'] == 32
+  conf, correct = evaluate_lib.read_predictions(str(tmp_path / 'run'))
+  assert len(conf) == 32 and correct.all() and (conf > 0.2).all()
