@@ -11,11 +11,12 @@ import os
 from typing import Optional
 
 from distill_sbs.data import schema
+from distill_sbs.distill import io_utils
 
 DATA_DIR_ENV = 'DISTILL_SBS_DATA_DIR'
 RAW_DIR_ENV = 'DISTILL_SBS_RAW_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'distill_sbs', 'data')
-MANIFEST = 'manifest.json'
+MANIFEST = io_utils.MANIFEST
 SPLITS = ('train', 'validation', 'test')
 
 

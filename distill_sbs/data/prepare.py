@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from typing import Any, Optional, Sequence
 
 from distill_sbs.data import formats
@@ -32,6 +31,7 @@ from distill_sbs.data import paths
 from distill_sbs.data import schema
 from distill_sbs.data import sources
 from distill_sbs.data import splits as splits_lib
+from distill_sbs.distill import io_utils
 from distill_sbs.metrics import svamp as svamp_metrics
 
 FORMAT_VERSION = 1
@@ -151,16 +151,8 @@ def prepare_dataset(raw_dir: str, ds: str, data_dir: str, *,
     stats.update(origin=info['origin'][split], num_shards=num_shards,
                  files=[os.path.basename(f) for f in files])
     manifest['splits'][split] = stats
-  write_json_atomic(paths.manifest_path(ds, data_dir), manifest)
+  io_utils.write_json_atomic(paths.manifest_path(ds, data_dir), manifest)
   return manifest
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, sort_keys=False)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def read_manifest(ds: str, data_dir: Optional[str] = None) -> dict[str, Any]:

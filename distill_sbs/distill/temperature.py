@@ -28,9 +28,9 @@ import numpy as np
 import scipy.optimize
 import scipy.special
 
+from distill_sbs.distill import io_utils
 from distill_sbs.metrics import calibration
 
-MANIFEST = 'manifest.json'
 MANIFEST_KEY = 'teacher_temperature'
 
 
@@ -125,12 +125,12 @@ def fit_temperature(topk_ids: np.ndarray, topk_logprobs: np.ndarray, gold_ids: n
 
 def manifest_path(records: str) -> str:
   """manifest.json beside the records (`records` is a directory, file or pattern)."""
-  if records.endswith(MANIFEST):
+  if records.endswith(io_utils.MANIFEST):
     return records
   base = os.path.basename(records.rstrip('/'))
   is_files = any(c in base for c in '*?[') or '.tfrecord' in base
   d = os.path.dirname(records) if is_files and not os.path.isdir(records) else records
-  return os.path.join(d, MANIFEST)
+  return os.path.join(d, io_utils.MANIFEST)
 
 
 def write_teacher_temperature(records: str, fit: TemperatureFit, **extra: Any) -> str:
@@ -144,11 +144,7 @@ def write_teacher_temperature(records: str, fit: TemperatureFit, **extra: Any) -
       raise ValueError(f'{path}: manifest must be a JSON object')
   manifest[MANIFEST_KEY] = fit.temperature
   manifest['teacher_calibration'] = dict(fit.as_dict(), **extra)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(manifest, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  io_utils.write_json_atomic(path, manifest, sort_keys=True)
   return path
 
 

@@ -13,6 +13,8 @@ import os
 import pathlib
 from typing import Any, Iterable, Optional
 
+from distill_sbs.distill import io_utils
+
 METRICS_FILE = 'metrics.jsonl'
 DONE_FILE = 'sweep_done.json'
 EVAL_FILE = 'eval_results.json'
@@ -108,18 +110,10 @@ def read_done(model_dir: os.PathLike | str) -> Optional[dict[str, Any]]:
     raise ValueError(f'{path}: corrupt done marker ({e.msg}); delete it to rerun') from e
 
 
-def write_json_atomic(path: os.PathLike | str, obj: Any) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp')
-  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + '\n')
-  os.replace(tmp, path)
-
-
 def mark_done(model_dir: os.PathLike | str, spec: RunSpec,
               extra: Optional[dict[str, Any]] = None) -> None:
-  write_json_atomic(pathlib.Path(model_dir) / DONE_FILE,
-                    {'spec': spec.to_json(), **(extra or {})})
+  io_utils.write_json_atomic(pathlib.Path(model_dir) / DONE_FILE,
+                             {'spec': spec.to_json(), **(extra or {})})
 
 
 def is_done(model_dir: os.PathLike | str, spec: RunSpec,

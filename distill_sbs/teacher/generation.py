@@ -30,13 +30,13 @@ import tqdm
 
 from distill_sbs.data import paths
 from distill_sbs.data import schema
+from distill_sbs.distill import io_utils
 from distill_sbs.teacher import inputs as inputs_lib
 from distill_sbs.teacher import prompts as prompts_lib
 from distill_sbs.teacher import self_consistency
 from distill_sbs.teacher import store as store_lib
 from distill_sbs.teacher.base import Completion, GenerationResult, SamplingConfig
 
-MANIFEST = 'manifest.json'
 _TOKEN_ID = re.compile(r'^token_id:(\d+)$')
 
 
@@ -234,10 +234,7 @@ def check_job(out_dir: str, split: str, job: dict) -> None:
                        f'(stored {[old.get(k) for k in diff]}, now '
                        f'{[job.get(k) for k in diff]}); use a new --out_dir')
     return
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(job, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  io_utils.write_json_atomic(path, job, indent=1, sort_keys=True)
 
 
 def copy_prepared_splits(config: GenerationConfig, ds: str) -> list[str]:
@@ -324,8 +321,5 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
   run_wall = time.monotonic() - t0
   manifest = _manifest(config, ds, spec, style, backend, sampling, examples, index,
                        files, store, failed_ids, run_wall, run_tokens)
-  tmp = os.path.join(config.out_dir, MANIFEST + '.tmp')
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(manifest, f, indent=2, ensure_ascii=False)
-  os.replace(tmp, os.path.join(config.out_dir, MANIFEST))
+  io_utils.write_json_atomic(os.path.join(config.out_dir, io_utils.MANIFEST), manifest)
   return manifest

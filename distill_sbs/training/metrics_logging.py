@@ -99,12 +99,3 @@ class MetricsLogger:
       self._bar.close()
     if self._writer is not None:
       self._writer.close()
-
-
-def read_metrics(model_dir: str) -> list[dict[str, Any]]:
-  """All records of `MODEL_DIR/metrics.jsonl`."""
-  path = os.path.join(model_dir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]

@@ -46,7 +46,7 @@ def _windowed(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
     out[k] = float(np.sum(vals)) if k in trainer_lib.SUMMED_METRICS else float(np.mean(vals))
   if out.get('real_tokens'):
     out['accuracy'] = out['correct_tokens'] / out['real_tokens']
-  for k in ('correct_tokens', 'real_tokens', 'weight_sum'):
+  for k in trainer_lib.SUMMED_METRICS:
     out.pop(k, None)
   return out
 
