@@ -67,6 +67,15 @@ def _relpos(cfg: T5Config) -> layers.RelativePositionBiases:
       dtype=cfg.activation_dtype, param_dtype=cfg.weight_dtype, name='relpos_bias')
 
 
+def _block(cfg: T5Config, x: Array, deterministic: bool, attentions) -> Array:
+  """A transformer layer of pre-norm residual sublayers, x ← x + dropout(f(norm(x))):
+  the (norm name, attention) pairs in order, then the MLP ('pre_mlp_layer_norm')."""
+  mlp = lambda h: _mlp(cfg)(h, deterministic=deterministic)
+  for norm_name, sublayer in [*attentions, ('pre_mlp_layer_norm', mlp)]:
+    x = _dropout(cfg, sublayer(_norm(cfg, norm_name)(x)), deterministic) + x
+  return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
 def _maybe_remat(cfg: T5Config, module_cls, static_argnums: tuple[int, ...]):
   if cfg.remat_policy == 'none':
     return module_cls
@@ -85,13 +94,9 @@ class EncoderLayer(nn.Module):
                deterministic: bool = False) -> Array:
     cfg = self.config
     # inputs [batch, length, emb]
-    x = _norm(cfg, 'pre_attention_layer_norm')(inputs)
-    x = _attention(cfg, 'attention')(x, x, encoder_mask, bias, deterministic=deterministic)
-    x = _dropout(cfg, x, deterministic) + inputs
-    y = _norm(cfg, 'pre_mlp_layer_norm')(x)
-    y = _mlp(cfg)(y, deterministic=deterministic)
-    y = _dropout(cfg, y, deterministic) + x
-    return nn.with_logical_constraint(y, ('batch', 'length', 'embed'))
+    return _block(cfg, inputs, deterministic, [
+        ('pre_attention_layer_norm', lambda h: _attention(cfg, 'attention')(
+            h, h, encoder_mask, bias, deterministic=deterministic))])
 
 
 class DecoderLayer(nn.Module):
@@ -103,18 +108,12 @@ class DecoderLayer(nn.Module):
                encoder_decoder_mask: Optional[Array], bias: Array,
                deterministic: bool = False, decode: bool = False) -> Array:
     cfg = self.config
-    x = _norm(cfg, 'pre_self_attention_layer_norm')(inputs)
-    x = _attention(cfg, 'self_attention')(x, x, decoder_mask, bias,
-                                           deterministic=deterministic, decode=decode)
-    x = _dropout(cfg, x, deterministic) + inputs
-    y = _norm(cfg, 'pre_cross_attention_layer_norm')(x)
-    y = _attention(cfg, 'encoder_decoder_attention', cross=True)(
-        y, encoded, encoder_decoder_mask, deterministic=deterministic, decode=decode)
-    y = _dropout(cfg, y, deterministic) + x
-    z = _norm(cfg, 'pre_mlp_layer_norm')(y)
-    z = _mlp(cfg)(z, deterministic=deterministic)
-    z = _dropout(cfg, z, deterministic) + y
-    return nn.with_logical_constraint(z, ('batch', 'length', 'embed'))
+    return _block(cfg, inputs, deterministic, [
+        ('pre_self_attention_layer_norm', lambda h: _attention(cfg, 'self_attention')(
+            h, h, decoder_mask, bias, deterministic=deterministic, decode=decode)),
+        ('pre_cross_attention_layer_norm',
+         lambda h: _attention(cfg, 'encoder_decoder_attention', cross=True)(
+             h, encoded, encoder_decoder_mask, deterministic=deterministic, decode=decode))])
 
 
 class Encoder(nn.Module):
