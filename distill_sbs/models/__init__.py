@@ -9,6 +9,9 @@
                                 -> (ids [b, l, k] int32, log_probs [b, l, k])
   load_hf_checkpoint(path) -> (T5Config, params); save_hf_checkpoint(path, config, params)
   load_vocabulary(path) -> seqio.SentencePieceVocabulary | None
+Checkpoint formats (HF, distill-sbs runs, T5X Orbax / legacy; not imported
+here): `distill_sbs.models.checkpoint_formats` (`read_params`, `assign_params`,
+`write_t5x_checkpoint`, ...).
 
 `params` everywhere is the content of the flax 'params' collection (nested
 dicts of arrays); boxed or `{'params': ...}`-wrapped trees are accepted too.

@@ -13,7 +13,7 @@ writes a project run directory that `python -m distill_sbs.eval` (and
 `INITIAL_CHECKPOINT_PATH`) read; `--project=PATH --to_t5x=DIR` writes a T5X
 legacy checkpoint of the parameters, which T5X restores as
 `INITIAL_CHECKPOINT_PATH` with the optimizer state initialised afresh (see
-docs/t5x.md). The project's own reader (`training.checkpoints.read_params`,
+docs/t5x.md). The project's own reader (`models.checkpoint_formats.read_params`,
 which this module uses) also takes T5X checkpoints, Orbax and legacy, directly.
 """
 from __future__ import annotations
@@ -25,18 +25,19 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from distill_sbs.models import checkpoint_formats
 from distill_sbs.training import checkpoints as project_checkpoints
 
-# One implementation, in the project's trainer (it reads T5X checkpoints
-# without T5X installed); re-exported here for the converter's users.
-t5x_checkpoint_dir = project_checkpoints.t5x_checkpoint_dir
-read_t5x_params = project_checkpoints.read_t5x_params
-T5X_LEGACY_VERSION = project_checkpoints.T5X_LEGACY_VERSION
+# One implementation, in models/checkpoint_formats.py (it reads T5X
+# checkpoints without T5X installed); re-exported for the converter's users.
+t5x_checkpoint_dir = checkpoint_formats.t5x_checkpoint_dir
+read_t5x_params = checkpoint_formats.read_t5x_params
+T5X_LEGACY_VERSION = checkpoint_formats.T5X_LEGACY_VERSION
 
 
 def t5x_step(checkpoint_dir: str) -> int:
   """The step of a `checkpoint_<step>` directory (0 when the name has none)."""
-  step = project_checkpoints.step_from_dir_name(
+  step = checkpoint_formats.step_from_dir_name(
       os.path.basename(os.path.normpath(checkpoint_dir)))
   return 0 if step is None else step
 
@@ -63,15 +64,15 @@ def write_t5x_params_checkpoint(checkpoint_dir: str, params: Any, step: int = 0)
   `{'version': 3, 'optimizer': {'target': params, 'state': {'step': step}}}`
   (arrays inline, no optimizer state). T5X restores it with the optimizer
   state initialised afresh (docs/t5x.md); `t5x.checkpoints.load_t5x_checkpoint`
-  reads it too. (`training.checkpoints.write_t5x_checkpoint`.)"""
-  project_checkpoints.write_t5x_checkpoint(checkpoint_dir, params, step=step,
-                                           tensorstore_min_size=None)
+  reads it too. (`models.checkpoint_formats.write_t5x_checkpoint`.)"""
+  checkpoint_formats.write_t5x_checkpoint(checkpoint_dir, params, step=step,
+                                          tensorstore_min_size=None)
 
 
 def project_to_t5x(project_path: str, t5x_dir: str, step: int = 0) -> str:
   """Writes the parameters at `project_path` (a project run / step directory, a
   Hugging Face directory, ...) as T5X legacy `t5x_dir/checkpoint_<step>`."""
-  params = project_checkpoints.read_params(project_path)
+  params = checkpoint_formats.read_params(project_path)
   out = os.path.join(os.path.abspath(os.path.expanduser(t5x_dir)), f'checkpoint_{step}')
   write_t5x_params_checkpoint(out, params, step=step)
   return out

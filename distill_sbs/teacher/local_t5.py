@@ -43,7 +43,7 @@ def _bucket(n: int, lo: int, hi: int) -> int:
 def load_teacher(checkpoint: str, model_config: Optional[models.T5Config] = None
                  ) -> tuple[models.T5Config, Any]:
   """(config, params) from an HF directory, or (with `model_config`) from any
-  checkpoint `training.checkpoints.read_params` understands (our own runs)."""
+  checkpoint `models.checkpoint_formats.read_params` understands (our runs, T5X)."""
   path = os.path.expanduser(checkpoint)
   if os.path.isfile(os.path.join(path, 'config.json')):
     return models.load_hf_checkpoint(path)
@@ -51,8 +51,8 @@ def load_teacher(checkpoint: str, model_config: Optional[models.T5Config] = None
     raise ValueError(f'--checkpoint={checkpoint!r} is not a Hugging Face directory '
                      '(config.json + model.safetensors); for our own checkpoints bind '
                      'LocalT5Backend.model_config = @distill_sbs.models.T5Config() in gin')
-  from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
-  return model_config, checkpoints.read_params(path)
+  from distill_sbs.models import checkpoint_formats  # pylint: disable=g-import-not-at-top
+  return model_config, checkpoint_formats.read_params(path)
 
 
 @gin.configurable(module='distill_sbs.teacher')

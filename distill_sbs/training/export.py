@@ -12,9 +12,9 @@ import gin
 def export_hf(*, model: Any, checkpoint_path: str, output_dir: str) -> str:
   """Writes the checkpoint's parameters with the model's `T5Config`."""
   from distill_sbs import models  # pylint: disable=g-import-not-at-top
-  from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
+  from distill_sbs.models import checkpoint_formats  # pylint: disable=g-import-not-at-top
   config = model.module.config
-  params = checkpoints.read_params(checkpoint_path)
+  params = checkpoint_formats.read_params(checkpoint_path)
   models.save_hf_checkpoint(output_dir, config, params)
   vocabulary = model.output_vocabulary
   vocabulary = getattr(vocabulary, 'resolved', vocabulary)  # LazyVocabulary

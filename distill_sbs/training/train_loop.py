@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from distill_sbs.models import checkpoint_formats
 from distill_sbs.training import checkpoints as ckpt_lib
 from distill_sbs.training import evaluation
 from distill_sbs.training import input_pipeline
@@ -60,7 +61,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
           mesh_config: Optional[partitioning.MeshConfig] = None,
           num_microbatches: int = 1, random_seed: int = 0,
           initial_checkpoint_path: Optional[str] = None,
-          assignment_map: Optional[ckpt_lib.AssignmentMap] = None,
+          assignment_map: Optional[checkpoint_formats.AssignmentMap] = None,
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           async_checkpointing: bool = True, log_period: int = 100,
           progress_bar: Optional[bool] = None,
@@ -108,8 +109,8 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     state = trainer.init_state()
     position = 0
     if initial_checkpoint_path:
-      params = ckpt_lib.load_initial_params(initial_checkpoint_path, state.params,
-                                            trainer.state_shardings.params, assignment_map)
+      params = checkpoint_formats.load_initial_params(
+          initial_checkpoint_path, state.params, trainer.state_shardings.params, assignment_map)
       state = state.replace(params=params)
       _status(f'initialised parameters from {initial_checkpoint_path}')
   start = int(jax.device_get(state.step))

@@ -12,7 +12,7 @@ from t5x import checkpoints as t5x_checkpoints  # noqa: E402
 
 from distill_sbs.models import T5Config, Transformer  # noqa: E402
 from distill_sbs.t5x_compat import checkpoints as conv  # noqa: E402
-from distill_sbs.training import checkpoints as project_checkpoints  # noqa: E402
+from distill_sbs.models import checkpoint_formats  # noqa: E402
 
 CFG = T5Config(vocab_size=32, emb_dim=8, num_heads=2, num_encoder_layers=1,
                num_decoder_layers=1, head_dim=4, mlp_dim=16)
@@ -42,7 +42,7 @@ def test_params_checkpoint_is_read_by_t5x_and_both_readers(tmp_path):
   _assert_same(params, state['target'])
   assert int(state['state']['step']) == 7
   # The project's reader and the adapter's reader (model dir -> latest step).
-  _assert_same(params, project_checkpoints.read_params(str(ckpt)))
+  _assert_same(params, checkpoint_formats.read_params(str(ckpt)))
   _assert_same(params, conv.read_t5x_params(str(tmp_path)))
   assert conv.t5x_checkpoint_dir(str(tmp_path)) == str(ckpt)
 
@@ -52,7 +52,7 @@ def test_project_round_trip_through_t5x(tmp_path):
   conv.write_t5x_params_checkpoint(str(tmp_path / 't5x' / 'checkpoint_3'), params, step=3)
   step_dir = conv.t5x_to_project(str(tmp_path / 't5x'), str(tmp_path / 'run'))
   assert step_dir.endswith('checkpoints/3')
-  _assert_same(params, project_checkpoints.read_params(str(tmp_path / 'run')))
+  _assert_same(params, checkpoint_formats.read_params(str(tmp_path / 'run')))
   out = conv.project_to_t5x(str(tmp_path / 'run'), str(tmp_path / 'back'), step=3)
   _assert_same(params, t5x_checkpoints.load_t5x_checkpoint(out)['target'])
 

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from distill_sbs.data import paths
-from distill_sbs.training import checkpoints
+from distill_sbs.models import checkpoint_formats
 from distill_sbs.training import gin_utils
 from distill_sbs.training import train_loop
 
@@ -41,7 +41,7 @@ def test_ul2r_tiny_trains_and_hands_off_to_sbs(sbs_data_dir, tmp_path, monkeypat
       f"UL2R_MODEL_DIR = '{ul2r_dir}'", f"MODEL_DIR = '{tmp_path / 'sbs'}'",
       'TRAIN_STEPS = 0', 'BATCH_SIZE = 8', 'EVAL_PERIOD = 0',
       "TASK_FEATURE_LENGTHS = {'inputs': 96, 'targets': 48}"])
-  saved = checkpoints.read_params(str(ul2r_dir))
+  saved = checkpoint_formats.read_params(str(ul2r_dir))
   got = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
   want = dict(jax.tree_util.tree_leaves_with_path(saved))
   assert len(got) == len(want) > 0

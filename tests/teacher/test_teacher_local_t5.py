@@ -112,10 +112,10 @@ def test_self_consistency_samples_differ(backend):
 
 
 def test_our_own_checkpoint_gives_the_same_generations(backend, teacher_dir, tmp_path):
-  """A non-HF checkpoint (T5X layout via training.checkpoints) + gin-style model_config."""
-  from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
+  """A non-HF checkpoint (T5X layout, models.checkpoint_formats) + gin-style model_config."""
+  from distill_sbs.models import checkpoint_formats  # pylint: disable=g-import-not-at-top
   _, params = models.load_hf_checkpoint(teacher_dir)
-  checkpoints.write_t5x_checkpoint(str(tmp_path / 'ckpt'), params, tensorstore_min_size=1 << 30)
+  checkpoint_formats.write_t5x_checkpoint(str(tmp_path / 'ckpt'), params, tensorstore_min_size=1 << 30)
   with pytest.raises(ValueError, match='model_config'):
     local_t5.LocalT5Backend(str(tmp_path / 'ckpt'))
   ours = local_t5.LocalT5Backend(str(tmp_path / 'ckpt'), model_config=CONFIG, batch_size=4,

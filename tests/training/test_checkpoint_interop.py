@@ -9,8 +9,9 @@ import pytest
 from flax import serialization
 from flax import traverse_util
 
+from distill_sbs.models import checkpoint_formats
 from distill_sbs.training import checkpoints
-from distill_sbs.training import inference
+from distill_sbs.training import evaluation
 
 
 def _params(seed=0):
@@ -51,26 +52,26 @@ def test_t5x_orbax_checkpoint_is_read_directly(tmp_path):
   _write_t5x_orbax(model_dir, 60, _params(1))
   assert (model_dir / 'checkpoint_60' / 'state').is_dir()
   # Model dir -> latest step; a checkpoint_<N> dir -> that step.
-  _assert_same(_params(1), checkpoints.read_params(str(model_dir)))
-  _assert_same(_params(0), checkpoints.read_params(str(model_dir / 'checkpoint_20')))
-  _assert_same(_params(0), checkpoints.read_t5x_params(str(model_dir), step=20))
-  assert checkpoints.t5x_checkpoint_dir(str(model_dir)) == str(model_dir / 'checkpoint_60')
+  _assert_same(_params(1), checkpoint_formats.read_params(str(model_dir)))
+  _assert_same(_params(0), checkpoint_formats.read_params(str(model_dir / 'checkpoint_20')))
+  _assert_same(_params(0), checkpoint_formats.read_t5x_params(str(model_dir), step=20))
+  assert checkpoint_formats.t5x_checkpoint_dir(str(model_dir)) == str(model_dir / 'checkpoint_60')
   with pytest.raises(FileNotFoundError, match=r'has no checkpoint_5 \(steps: \[20, 60\]\)'):
-    checkpoints.t5x_checkpoint_dir(str(model_dir), step=5)
+    checkpoint_formats.t5x_checkpoint_dir(str(model_dir), step=5)
   # INITIAL_CHECKPOINT_PATH / eval path: placed onto shardings.
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _params())
-  loaded = checkpoints.load_params(str(model_dir / 'checkpoint_60'), abstract,
-                                   jax.tree.map(lambda _: rep, abstract))
+  loaded = checkpoint_formats.load_params(str(model_dir / 'checkpoint_60'), abstract,
+                                          jax.tree.map(lambda _: rep, abstract))
   _assert_same(_params(1), jax.tree.map(np.asarray, loaded))
-  assert inference._step_of(str(model_dir)) == 60  # pylint: disable=protected-access
+  assert evaluation.checkpoint_step(str(model_dir)) == 60
 
 
 def test_legacy_writer_bytes_and_round_trip(tmp_path):
   params = _params(2)
   ckpt = tmp_path / 'checkpoint_7'
-  checkpoints.write_t5x_checkpoint(str(ckpt), params, step=7, tensorstore_min_size=20)
+  checkpoint_formats.write_t5x_checkpoint(str(ckpt), params, step=7, tensorstore_min_size=20)
   with open(ckpt / 'checkpoint', 'rb') as f:
     raw = serialization.msgpack_restore(f.read())
   # t5x.checkpoints.Checkpointer's layout: {'version': 3, 'optimizer': {target, state}}.
@@ -88,19 +89,19 @@ def test_legacy_writer_bytes_and_round_trip(tmp_path):
   assert not (ckpt / 'target.encoder.encoder_norm.scale').exists()
   assert not (ckpt / 'checkpoint.tmp').exists()
   # Readers: step dir, model dir (latest checkpoint_<N>), T5X reader.
-  _assert_same(params, checkpoints.read_params(str(ckpt)))
-  _assert_same(params, checkpoints.read_params(str(tmp_path)))
-  _assert_same(params, checkpoints.read_t5x_params(str(tmp_path)))
-  assert int(checkpoints.load_t5x_checkpoint(str(ckpt))['state']['step']) == 7
+  _assert_same(params, checkpoint_formats.read_params(str(ckpt)))
+  _assert_same(params, checkpoint_formats.read_params(str(tmp_path)))
+  _assert_same(params, checkpoint_formats.read_t5x_params(str(tmp_path)))
+  assert int(checkpoint_formats.load_t5x_checkpoint(str(ckpt))['state']['step']) == 7
 
   # Inline only (the converter's --to_t5x): no zarr stores, same parameters.
   inline = tmp_path / 'inline' / 'checkpoint_3'
-  checkpoints.write_t5x_checkpoint(str(inline), params, step=3, tensorstore_min_size=None)
+  checkpoint_formats.write_t5x_checkpoint(str(inline), params, step=3, tensorstore_min_size=None)
   assert sorted(os.listdir(inline)) == ['checkpoint']
   with open(inline / 'checkpoint', 'rb') as f:
     raw = serialization.msgpack_restore(f.read())
   _assert_same(params, raw['optimizer']['target'])
-  _assert_same(params, checkpoints.read_params(str(inline.parent)))
+  _assert_same(params, checkpoint_formats.read_params(str(inline.parent)))
 
 
 def test_project_run_and_unknown_directories(tmp_path):
@@ -108,8 +109,8 @@ def test_project_run_and_unknown_directories(tmp_path):
   ckptr = checkpoints.RunCheckpointer(str(run), save_period=1, keep=None, async_save=False)
   ckptr.save(60, {'step': np.asarray(60, np.int32), 'params': _params(3)}, {}, force=True)
   ckptr.close()
-  _assert_same(_params(3), checkpoints.read_params(str(run)))
-  step_of = inference._step_of  # pylint: disable=protected-access
+  _assert_same(_params(3), checkpoint_formats.read_params(str(run)))
+  step_of = evaluation.checkpoint_step
   assert step_of(str(run)) == 60
   assert step_of(str(run / 'checkpoints')) == 60
   assert step_of(str(run / 'checkpoints' / '60')) == 60
@@ -117,12 +118,12 @@ def test_project_run_and_unknown_directories(tmp_path):
   empty.mkdir()
   assert step_of(str(empty)) == -1  # not 5
   assert step_of(str(tmp_path / 'hf7')) == -1
-  checkpoints.write_t5x_checkpoint(str(tmp_path / 'run9' / 'checkpoint_12'), _params(),
-                                   tensorstore_min_size=None)
+  checkpoint_formats.write_t5x_checkpoint(str(tmp_path / 'run9' / 'checkpoint_12'), _params(),
+                                          tensorstore_min_size=None)
   assert step_of(str(tmp_path / 'run9')) == 12
-  assert checkpoints.step_from_dir_name('checkpoint_12') == 12
-  assert checkpoints.step_from_dir_name('12') == 12
+  assert checkpoint_formats.step_from_dir_name('checkpoint_12') == 12
+  assert checkpoint_formats.step_from_dir_name('12') == 12
   for name in ('p4', 'checkpoint_12x', 'xcheckpoint_1', 'checkpoint_', 'state'):
-    assert checkpoints.step_from_dir_name(name) is None
+    assert checkpoint_formats.step_from_dir_name(name) is None
   with pytest.raises(ValueError, match='not a Hugging Face directory'):
-    checkpoints.read_params(str(empty))
+    checkpoint_formats.read_params(str(empty))

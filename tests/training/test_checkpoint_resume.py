@@ -11,7 +11,7 @@ import numpy as np
 from flax import traverse_util
 
 import train_helpers as helpers
-from distill_sbs.training import checkpoints
+from distill_sbs.models import checkpoint_formats
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS, PERIOD = 12, 4
@@ -38,7 +38,7 @@ def _cmd(tmp_path, model_dir, *extra):
 
 
 def _final_params(model_dir):
-  state = checkpoints.read_orbax_state(os.path.join(model_dir, 'checkpoints', str(STEPS)))
+  state = checkpoint_formats.read_orbax_state(os.path.join(model_dir, 'checkpoints', str(STEPS)))
   return traverse_util.flatten_dict(state['params']), state
 
 

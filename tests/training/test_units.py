@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import traverse_util
 
-from distill_sbs.training import checkpoints
+from distill_sbs.models import checkpoint_formats
 from distill_sbs.training import gin_utils
 from distill_sbs.training import optimizers
 from distill_sbs.training import partitioning
@@ -103,12 +103,12 @@ def _sharded(params, mesh):
 
 def test_t5x_legacy_checkpoint_with_assignment_map(tmp_path):
   src = _params(1)
-  checkpoints.write_t5x_checkpoint(str(tmp_path / 'checkpoint_100'), src, step=100,
-                                   tensorstore_min_size=10)
+  checkpoint_formats.write_t5x_checkpoint(str(tmp_path / 'checkpoint_100'), src, step=100,
+                                          tensorstore_min_size=10)
   # Big arrays became zarr stores beside the msgpack file, small ones inline.
   assert (tmp_path / 'checkpoint_100' / 'target.encoder.layers_0.mlp.wi.kernel').is_dir()
   assert not (tmp_path / 'checkpoint_100' / 'target.encoder.encoder_norm.scale').exists()
-  loaded = checkpoints.load_t5x_checkpoint(str(tmp_path / 'checkpoint_100'))
+  loaded = checkpoint_formats.load_t5x_checkpoint(str(tmp_path / 'checkpoint_100'))
   assert int(loaded['state']['step']) == 100
   for k, v in traverse_util.flatten_dict(src).items():
     np.testing.assert_array_equal(traverse_util.flatten_dict(loaded['target'])[k], v)
@@ -117,8 +117,8 @@ def test_t5x_legacy_checkpoint_with_assignment_map(tmp_path):
   target = _sharded(_params(2), mesh)
   amap = [(r'decoder/logits_dense/.*', None),  # keep the freshly initialised head
           (r'encoder/encoder_norm/scale', r'encoder/encoder_norm/scale')]
-  new = checkpoints.load_initial_params(str(tmp_path / 'checkpoint_100'), target,
-                                        jax.tree.map(lambda x: x.sharding, target), amap)
+  new = checkpoint_formats.load_initial_params(str(tmp_path / 'checkpoint_100'), target,
+                                               jax.tree.map(lambda x: x.sharding, target), amap)
   np.testing.assert_array_equal(new['encoder']['layers_0']['mlp']['wi']['kernel'],
                                 src['encoder']['layers_0']['mlp']['wi']['kernel'])
   np.testing.assert_array_equal(new['decoder']['logits_dense']['kernel'],
@@ -127,19 +127,19 @@ def test_t5x_legacy_checkpoint_with_assignment_map(tmp_path):
       jax.sharding.PartitionSpec(None, 'model')
   # Renaming through the map, and clear errors.
   renamed = {'enc': src['encoder'], 'decoder': src['decoder']}
-  flat, loaded_paths = checkpoints.assign_params(_params(2), renamed,
-                                                 [(r'encoder/(.*)', r'enc/\1')])
+  flat, loaded_paths = checkpoint_formats.assign_params(_params(2), renamed,
+                                                        [(r'encoder/(.*)', r'enc/\1')])
   np.testing.assert_array_equal(flat['encoder/encoder_norm/scale'],
                                 src['encoder']['encoder_norm']['scale'])
   assert len(loaded_paths) == 3
   with pytest.raises(KeyError, match="no parameter 'encoder/layers_0/mlp/wi/kernel'"):
-    checkpoints.assign_params(_params(2), {'decoder': src['decoder']})
+    checkpoint_formats.assign_params(_params(2), {'decoder': src['decoder']})
   bad = _params(2)
   bad['decoder']['logits_dense']['kernel'] = np.zeros((4, 3), np.float32)
   with pytest.raises(ValueError, match=r'shape \(4, 16\).*expects \(4, 3\)'):
-    checkpoints.assign_params(bad, src)
+    checkpoint_formats.assign_params(bad, src)
   with pytest.raises(FileNotFoundError, match='not a directory'):
-    checkpoints.read_params(str(tmp_path / 'nope'))
+    checkpoint_formats.read_params(str(tmp_path / 'nope'))
 
 
 def test_initial_params_from_hf_directory(tmp_path):
@@ -156,7 +156,7 @@ def test_initial_params_from_hf_directory(tmp_path):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
   models.save_hf_checkpoint(str(tmp_path / 'hf'), cfg, params)
-  got = checkpoints.read_params(str(tmp_path / 'hf'))
+  got = checkpoint_formats.read_params(str(tmp_path / 'hf'))
   want = traverse_util.flatten_dict(params)
   got = traverse_util.flatten_dict(got)
   assert got.keys() == want.keys()
