@@ -34,6 +34,12 @@ class MacroRef:
   def __repr__(self) -> str:
     return f'%{self.name}'
 
+  def __eq__(self, other) -> bool:
+    return isinstance(other, MacroRef) and other.name == self.name
+
+  def __hash__(self) -> int:
+    return hash(('%', self.name))
+
 
 class ConfigurableRef:
   """`@name` or `@name()` in a parsed value (left as is: nothing is imported)."""
@@ -43,6 +49,13 @@ class ConfigurableRef:
 
   def __repr__(self) -> str:
     return f'@{self.name}' + ('()' if self.evaluate else '')
+
+  def __eq__(self, other) -> bool:
+    return (isinstance(other, ConfigurableRef) and
+            (other.name, other.evaluate) == (self.name, self.evaluate))
+
+  def __hash__(self) -> int:
+    return hash(('@', self.name, self.evaluate))
 
 
 class _Delegate(config_parser.ParserDelegate):
