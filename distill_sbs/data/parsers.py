@@ -27,59 +27,58 @@ class ParsedCompletion:
   error: str = ''
 
 
-def _fail(rationale: str, error: str) -> ParsedCompletion:
-  return ParsedCompletion(rationale=rationale, label='', ok=False, error=error)
+class _Unparsed(Exception):
+  """A completion the dataset's format does not fit (keeps what rationale it found)."""
+
+  def __init__(self, rationale: str, error: str):
+    super().__init__(error)
+    self.rationale, self.error = rationale, error
 
 
-def _parse_cqa(text: str) -> ParsedCompletion:
-  body = text.split('Q:')[0].rstrip()
-  parts = body.split('So the answer is')
+def _around(text: str, stop: str, marker: str) -> tuple[str, str]:
+  """(rationale, tail): `text` cut at `stop` (the next few-shot turn), split at
+  its one `marker`."""
+  parts = text.split(stop)[0].rstrip().split(marker)
   if len(parts) != 2:
-    return _fail('', f"expected one 'So the answer is', found {len(parts) - 1}")
-  rationale, tail = parts[0].rstrip(), parts[1]
+    raise _Unparsed('', f"expected one '{marker}', found {len(parts) - 1}")
+  return parts[0].rstrip(), parts[1]
+
+
+def _nonempty(rationale: str, label: str, error: str) -> tuple[str, str]:
+  if not label:
+    raise _Unparsed(rationale, error)
+  return rationale, label
+
+
+def _parse_cqa(text: str) -> tuple[str, str]:
+  rationale, tail = _around(text, 'Q:', 'So the answer is')
   pieces = re.split(r'\(.\)', tail)
   if len(pieces) < 2:
-    return _fail(rationale, "no '(x)' answer letter after 'So the answer is'")
+    raise _Unparsed(rationale, "no '(x)' answer letter after 'So the answer is'")
   label = pieces[1].strip()
-  if label.endswith('.'):
-    label = label[:-1]
-  if not label:
-    return _fail(rationale, 'empty answer text')
-  return ParsedCompletion(rationale, label, True)
+  return _nonempty(rationale, label[:-1] if label.endswith('.') else label,
+                   'empty answer text')
 
 
-def _parse_svamp(text: str) -> ParsedCompletion:
-  body = text.split('Q:')[0].rstrip()
-  parts = body.split('The answer is')
-  if len(parts) != 2:
-    return _fail('', f"expected one 'The answer is', found {len(parts) - 1}")
-  rationale = parts[0].rstrip()
-  m = re.search(r'\(.*\)', parts[1])
+def _parse_svamp(text: str) -> tuple[str, str]:
+  rationale, tail = _around(text, 'Q:', 'The answer is')
+  m = re.search(r'\(.*\)', tail)
   if m is None:
-    return _fail(rationale, "no '(equation)' after 'The answer is'")
-  return ParsedCompletion(rationale, m.group(0), True)
+    raise _Unparsed(rationale, "no '(equation)' after 'The answer is'")
+  return rationale, m.group(0)
 
 
-def _parse_anli(text: str) -> ParsedCompletion:
-  parts = text.split('Premise:')[0].rstrip().split('So the answer is')
-  if len(parts) != 2:
-    return _fail('', f"expected one 'So the answer is', found {len(parts) - 1}")
-  rationale = parts[0].rstrip()
-  label = parts[1].lstrip()[:-1]
-  if not label:
-    return _fail(rationale, 'empty label')
-  return ParsedCompletion(rationale, label, True)
+def _parse_anli(text: str) -> tuple[str, str]:
+  rationale, tail = _around(text, 'Premise:', 'So the answer is')
+  return _nonempty(rationale, tail.lstrip()[:-1], 'empty label')
 
 
-def _parse_esnli(text: str) -> ParsedCompletion:
+def _parse_esnli(text: str) -> tuple[str, str]:
   rationale = text.split('Answer:')[0].rstrip()
   parts = text.split('Answer: ')
   if len(parts) < 2:
-    return _fail(rationale, "no 'Answer: ' line")
-  label = parts[1].split('Premise')[0].rstrip()
-  if not label:
-    return _fail(rationale, 'empty label')
-  return ParsedCompletion(rationale, label, True)
+    raise _Unparsed(rationale, "no 'Answer: ' line")
+  return _nonempty(rationale, parts[1].split('Premise')[0].rstrip(), 'empty label')
 
 
 _PARSERS = {'cqa': _parse_cqa, 'svamp': _parse_svamp, 'anli1': _parse_anli,
@@ -92,4 +91,8 @@ def parse_completion(ds: str, text: str) -> ParsedCompletion:
   formats.check_dataset(ds)
   if not isinstance(text, str):
     raise TypeError(f'{ds} completion must be a string, got {type(text).__name__}')
-  return _PARSERS[ds](text)
+  try:
+    rationale, label = _PARSERS[ds](text)
+  except _Unparsed as e:
+    return ParsedCompletion(rationale=e.rationale, label='', ok=False, error=e.error)
+  return ParsedCompletion(rationale, label, True)

@@ -13,6 +13,7 @@ fixed for the process (`reset_default_vocabulary()` re-opens it, for tests).
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 import threading
@@ -61,6 +62,24 @@ def vocab_hash(vocabulary: seqio.Vocabulary) -> str:
   raise TypeError(f'vocab_hash: unsupported vocabulary {type(vocabulary).__name__}')
 
 
+# The seqio.Vocabulary interface `LazyVocabulary` forwards to the resolved vocabulary.
+_DELEGATED_PROPERTIES = ('bos_id', 'eos_id', 'pad_id', 'unk_id', 'extra_ids', 'vocab_size',
+                         '_base_vocab_size')
+_DELEGATED_METHODS = ('_encode', '_decode', '_encode_tf', '_decode_tf', 'encode', 'decode',
+                      'encode_tf', 'decode_tf')
+
+
+def _delegating(cls):
+  """Gives `cls` the delegated properties and methods (forwarding to
+  `self.resolved`) and recomputes its abstract methods."""
+  for name in _DELEGATED_PROPERTIES:
+    setattr(cls, name, property(lambda self, n=name: getattr(self.resolved, n)))
+  for name in _DELEGATED_METHODS:
+    setattr(cls, name, lambda self, arg, n=name: getattr(self.resolved, n)(arg))
+  return abc.update_abstractmethods(cls)
+
+
+@_delegating
 class LazyVocabulary(seqio.Vocabulary):
   """Delegates to `get_vocabulary()` (or `factory`), resolved on first use."""
 
@@ -88,59 +107,6 @@ class LazyVocabulary(seqio.Vocabulary):
   def reset(self) -> None:
     with self._lock:
       self._vocab = None
-
-  # Every public piece of the seqio.Vocabulary interface delegates.
-  @property
-  def bos_id(self):
-    return self.resolved.bos_id
-
-  @property
-  def eos_id(self):
-    return self.resolved.eos_id
-
-  @property
-  def pad_id(self):
-    return self.resolved.pad_id
-
-  @property
-  def unk_id(self):
-    return self.resolved.unk_id
-
-  @property
-  def extra_ids(self):
-    return self.resolved.extra_ids
-
-  @property
-  def vocab_size(self):
-    return self.resolved.vocab_size
-
-  @property
-  def _base_vocab_size(self):
-    return self.resolved._base_vocab_size  # pylint: disable=protected-access
-
-  def _encode(self, s):
-    return self.resolved._encode(s)  # pylint: disable=protected-access
-
-  def _decode(self, ids):
-    return self.resolved._decode(ids)  # pylint: disable=protected-access
-
-  def _encode_tf(self, s):
-    return self.resolved._encode_tf(s)  # pylint: disable=protected-access
-
-  def _decode_tf(self, ids):
-    return self.resolved._decode_tf(ids)  # pylint: disable=protected-access
-
-  def encode(self, s):
-    return self.resolved.encode(s)
-
-  def decode(self, ids):
-    return self.resolved.decode(ids)
-
-  def encode_tf(self, s):
-    return self.resolved.encode_tf(s)
-
-  def decode_tf(self, ids):
-    return self.resolved.decode_tf(ids)
 
   def __eq__(self, other):
     if isinstance(other, LazyVocabulary):

@@ -67,14 +67,9 @@ def write_results(model_dir: str, metrics: Mapping[str, float],
 
 def read_predictions(model_dir: str) -> tuple[np.ndarray, np.ndarray]:
   """(confidences [n], correct [n]) from `test_predictions.jsonl`."""
-  conf, corr = [], []
-  with open(os.path.join(model_dir, PREDICTIONS_FILE), encoding='utf-8') as f:
-    for line in f:
-      if line.strip():
-        p = json.loads(line)
-        conf.append(float(p['confidence']))
-        corr.append(bool(p['correct']))
-  return np.array(conf), np.array(corr)
+  rows = [p for _, p in io_utils.read_jsonl(os.path.join(model_dir, PREDICTIONS_FILE))]
+  return (np.array([float(p['confidence']) for p in rows]),
+          np.array([bool(p['correct']) for p in rows], bool))
 
 
 def main(argv: Sequence[str]) -> None:

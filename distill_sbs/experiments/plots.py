@@ -83,6 +83,25 @@ def _panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
   return sorted({(str(r['dataset']), str(r['size'])) for r in rows})
 
 
+def _method_lines(ax, summary: Sequence[Mapping[str, Any]], metric: str, keep, x_of, *,
+                  xlabel: str, title: str) -> None:
+  """One error-bar line (mean ± std of `metric` against `x_of(row)`) per method
+  among the rows `keep` selects, on a labelled, gridded axis."""
+  rows = [r for r in summary if keep(r) and runs_lib.is_number(r.get(f'{metric}_mean'))]
+  methods = sorted({str(r['method']) for r in summary if keep(r)})
+  for i, method in enumerate(methods):
+    pts = sorted((x_of(r), float(r[f'{metric}_mean']), float(r.get(f'{metric}_std', 0.0)))
+                 for r in rows if str(r['method']) == method)
+    if pts:
+      x, y, e = map(np.array, zip(*pts))
+      ax.errorbar(x, y, yerr=e, marker='o', capsize=3, label=method, color=f'C{i}')
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(metric)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+
+
 def plot_metric_vs_fraction(summary: Sequence[Mapping[str, Any]], path: os.PathLike | str,
                             metric: str = 'test_accuracy') -> pathlib.Path:
   """The paper's data-efficiency figure: metric vs % of training data, per method."""
@@ -91,23 +110,12 @@ def plot_metric_vs_fraction(summary: Sequence[Mapping[str, Any]], path: os.PathL
     raise ValueError('no rows to plot')
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
   for ax, (ds, size) in zip(axes[0], panels):
-    methods = sorted({str(r['method']) for r in summary
-                      if (str(r['dataset']), str(r['size'])) == (ds, size)})
-    for i, method in enumerate(methods):
-      pts = sorted((float(r['fraction']) * 100, float(r[f'{metric}_mean']),
-                    float(r.get(f'{metric}_std', 0.0))) for r in summary
-                   if (str(r['dataset']), str(r['size']), str(r['method'])) == (ds, size, method)
-                   and runs_lib.is_number(r.get(f'{metric}_mean')))
-      if pts:
-        x, y, e = map(np.array, zip(*pts))
-        ax.errorbar(x, y, yerr=e, marker='o', capsize=3, label=method, color=f'C{i}')
+    _method_lines(ax, summary, metric,
+                  lambda r, p=(ds, size): (str(r['dataset']), str(r['size'])) == p,
+                  lambda r: float(r['fraction']) * 100,
+                  xlabel='% of training data', title=f'{ds} ({size})')
     ax.set_xscale('log', base=2)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter('%g'))
-    ax.set_xlabel('% of training data')
-    ax.set_ylabel(metric)
-    ax.set_title(f'{ds} ({size})')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
   return _save(fig, path)
 
 
@@ -116,26 +124,15 @@ def plot_metric_vs_size(summary: Sequence[Mapping[str, Any]], path: os.PathLike 
                         fraction: float = 1.0) -> pathlib.Path:
   """Metric vs model size (at one data fraction), one line per method."""
   datasets = sorted({str(r['dataset']) for r in summary})
+  sizes = list(sizes_order)
   fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
   for ax, ds in zip(axes[0], datasets):
-    methods = sorted({str(r['method']) for r in summary if str(r['dataset']) == ds})
-    for i, method in enumerate(methods):
-      pts = []
-      for r in summary:
-        if (str(r['dataset']), str(r['method'])) == (ds, method) and \
-            abs(float(r['fraction']) - fraction) < 1e-9 and \
-            str(r['size']) in sizes_order and runs_lib.is_number(r.get(f'{metric}_mean')):
-          pts.append((list(sizes_order).index(str(r['size'])),
-                      float(r[f'{metric}_mean']), float(r.get(f'{metric}_std', 0.0))))
-      if pts:
-        x, y, e = map(np.array, zip(*sorted(pts)))
-        ax.errorbar(x, y, yerr=e, marker='o', capsize=3, label=method, color=f'C{i}')
-    ax.set_xticks(range(len(sizes_order)), list(sizes_order))
-    ax.set_xlabel('model size')
-    ax.set_ylabel(metric)
-    ax.set_title(f'{ds} ({format_pct(fraction)}% data)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _method_lines(ax, summary, metric,
+                  lambda r, d=ds: (str(r['dataset']) == d and str(r['size']) in sizes
+                                   and abs(float(r['fraction']) - fraction) < 1e-9),
+                  lambda r: sizes.index(str(r['size'])),
+                  xlabel='model size', title=f'{ds} ({format_pct(fraction)}% data)')
+    ax.set_xticks(range(len(sizes)), sizes)
   return _save(fig, path)
 
 

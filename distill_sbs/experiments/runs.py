@@ -58,18 +58,8 @@ def read_metrics(path: os.PathLike | str) -> list[dict[str, Any]]:
   Blank lines are skipped; a truncated last line (a run killed mid-write) is
   ignored; any other bad line raises ValueError naming file and line.
   """
-  path = pathlib.Path(path)
-  lines = path.read_text().splitlines()
   records = []
-  for i, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      rec = json.loads(line)
-    except json.JSONDecodeError as e:
-      if i == len(lines):
-        break  # truncated tail of a killed run
-      raise ValueError(f'{path}:{i}: not JSON ({e.msg})') from e
+  for i, rec in io_utils.read_jsonl(path, truncated_tail_ok=True):
     if not isinstance(rec, dict) or 'step' not in rec:
       raise ValueError(f'{path}:{i}: expected a JSON object with a "step" field')
     records.append(rec)

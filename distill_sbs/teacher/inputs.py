@@ -8,12 +8,12 @@ NLI 0/1/2 or names, the svamp equation, the cqa answer text).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Optional
 
 from distill_sbs.data import formats
 from distill_sbs.data import paths
 from distill_sbs.data import schema
+from distill_sbs.distill import io_utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,29 +30,22 @@ def load_examples(ds: str, split: str, *, data_dir: Optional[str] = None,
   out: list[Example] = []
   if input_jsonl:
     path = input_jsonl
-    with open(path, encoding='utf-8') as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f'{path}:{lineno}: invalid JSON: {e.msg}') from None
-        if not isinstance(row, dict):
-          raise ValueError(f'{path}:{lineno}: each line must be a JSON object')
-        try:
-          inputs = str(row['inputs']) if 'inputs' in row else formats.format_input(ds, row)
-          label = ''
-          if row.get('label') not in (None, ''):
-            label = str(row['label']) if ds == 'cqa' else formats.gold_label(ds, row)
-          elif ds == 'cqa' and row.get('answer'):
-            label = str(row['answer'])
-        except (ValueError, KeyError) as e:
-          raise ValueError(f'{path}:{lineno}: {e}') from None
-        ex_id = str(row.get('id') or row.get('uid') or f'{split}-{lineno - 1:06d}')
-        out.append(Example(ex_id, inputs, label))
-        if max_examples and len(out) >= max_examples:
-          break
+    for lineno, row in io_utils.read_jsonl(path):
+      if not isinstance(row, dict):
+        raise ValueError(f'{path}:{lineno}: each line must be a JSON object')
+      try:
+        inputs = str(row['inputs']) if 'inputs' in row else formats.format_input(ds, row)
+        label = ''
+        if row.get('label') not in (None, ''):
+          label = str(row['label']) if ds == 'cqa' else formats.gold_label(ds, row)
+        elif ds == 'cqa' and row.get('answer'):
+          label = str(row['answer'])
+      except (ValueError, KeyError) as e:
+        raise ValueError(f'{path}:{lineno}: {e}') from None
+      ex_id = str(row.get('id') or row.get('uid') or f'{split}-{lineno - 1:06d}')
+      out.append(Example(ex_id, inputs, label))
+      if max_examples and len(out) >= max_examples:
+        break
   else:
     pattern = paths.split_pattern(ds, split, data_dir)
     for rec in schema.read_records(pattern):

@@ -36,12 +36,12 @@ NO_KEY = 'EMPTY'  # What local servers (vLLM, Ollama) accept when no key is set.
 class RetryPolicy:
   """Attempt `i` (1-based) that fails waits `min(max, initial * mult**(i-1))`
   scaled by a random factor in `[1 - jitter, 1]`, and at least `Retry-After`."""
-  max_attempts: int = 6
+  max_attempts: int = 6  # including the first
   initial_backoff_s: float = 0.5
   multiplier: float = 2.0
   max_backoff_s: float = 30.0
-  jitter: float = 0.5
-  max_retry_after_s: float = 120.0
+  jitter: float = 0.5  # the random share of each wait
+  max_retry_after_s: float = 120.0  # a longer `Retry-After` is capped to this
 
   def __post_init__(self):
     if self.max_attempts < 1:

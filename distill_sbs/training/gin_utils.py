@@ -5,6 +5,7 @@ the resolved config written to `MODEL_DIR/config.gin`.
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 from typing import Callable, Optional, Sequence
 
@@ -168,3 +169,27 @@ def query_model_dir(*keys: str) -> Optional[str]:
     if isinstance(value, str):
       return os.path.abspath(os.path.expanduser(value))
   return None
+
+
+def configurable_entry_point(fn_path: str, output_dir_macro: str, config_name: str):
+  """(main, console_entry_point) of a command that runs one gin configurable
+  (`fn_path`, 'module.function', imported after the flags are parsed) once:
+  parse the gin flags, start multi-process JAX when asked, write the config as
+  `config_name` into the directory `output_dir_macro` names, call the function."""
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise SystemExit(f'unexpected arguments: {argv[1:]}')
+    parse_gin_flags()
+    initialize_distributed_from_flags()
+    module, name = fn_path.rsplit('.', 1)
+    fn = getattr(importlib.import_module(module), name)
+    out_dir = query_model_dir(output_dir_macro)
+    if out_dir:
+      write_config(out_dir, config_name)
+    gin.get_configurable(fn)()
+
+  def console_entry_point(argv: Optional[Sequence[str]] = None) -> None:
+    run(main, argv)
+
+  return main, console_entry_point
