@@ -83,7 +83,9 @@ def _is_macro(statement: config_parser.BindingStatement) -> bool:
 
 
 def _read_file(path: str, search_paths: Sequence[str], out: dict[str, Any],
-               seen: tuple[str, ...]) -> None:
+               seen: tuple[str, ...], skip: Sequence[str]) -> None:
+  if path in skip:
+    return
   path = os.path.abspath(find_gin_file(path, search_paths))
   if path in seen:
     raise ValueError(f'gin include cycle: {" -> ".join((*seen, path))}')
@@ -91,21 +93,23 @@ def _read_file(path: str, search_paths: Sequence[str], out: dict[str, Any],
     parser = config_parser.ConfigParser(f, _Delegate())
     for statement in parser:
       if isinstance(statement, config_parser.IncludeStatement):
-        _read_file(statement.filename, search_paths, out, (*seen, path))
+        _read_file(statement.filename, search_paths, out, (*seen, path), skip)
       elif isinstance(statement, config_parser.BindingStatement) and _is_macro(statement):
         out[statement.selector] = statement.value
 
 
 def read_macros(gin_files: Sequence[str], bindings: Sequence[str] = (),
-                search_paths: Sequence[str] = ()) -> dict[str, Any]:
+                search_paths: Sequence[str] = (), skip: Sequence[str] = ()
+                ) -> dict[str, Any]:
   """Every macro the files (with their includes) and bindings set, resolved.
 
-  Later files and bindings win, as in gin. A macro that refers to one nobody
+  Later files and bindings win, as in gin; files named in `skip` (e.g. T5X's
+  own run files, not in this repository) are passed over. A macro that refers to one nobody
   sets stays a `MacroRef`; configurable references stay `ConfigurableRef`.
   """
   raw: dict[str, Any] = {}
   for f in gin_files:
-    _read_file(f, search_paths, raw, ())
+    _read_file(f, search_paths, raw, (), skip)
   for b in bindings:
     for statement in config_parser.ConfigParser(b, _Delegate()):
       if isinstance(statement, config_parser.BindingStatement) and _is_macro(statement):

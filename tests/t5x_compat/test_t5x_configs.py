@@ -18,25 +18,18 @@ T5X_DIR = REPO / 't5x_configs' / 't5x'
 COMPAT = REPO / 'distill_sbs' / 't5x_compat'
 DATASETS = ('cqa', 'svamp', 'esnli', 'anli1')
 SIZES = ('tiny', 'small', 'base')
-METHOD_FILES = ('common', 'sbs', 'baseline', 'first', 'ul2r', 'from_project_checkpoint')
+METHOD_CLASS = {'standard_finetune': 'ProjectLossEncoderDecoderModel',
+                'sbs_llm': 'SbsEncoderDecoderModel', 'first': 'FirstEncoderDecoderModel',
+                'ul2r': 'ProjectLossEncoderDecoderModel'}
+VARIANTS = {'standard_distill': 'standard_finetune', 'sbs_gold': 'sbs_llm'}
 T5X_RUNS = ('t5x/configs/runs/finetune.gin', 't5x/configs/runs/pretrain.gin')
-METHOD_CLASS = {'sbs': 'SbsEncoderDecoderModel', 'baseline': 'ProjectLossEncoderDecoderModel',
-                'first': 'FirstEncoderDecoderModel', 'ul2r': 'ProjectLossEncoderDecoderModel'}
+RUN_FILES = ('sbs_cqa_tiny',)  # experiment files; the rest are method files
 
 _INCLUDE = re.compile(r"^include\s+'([^']+)'", re.M)
-_MACRO = re.compile(r'^([A-Z][A-Z0-9_]*)\s*=\s*(.+)$', re.M)
-
-
-def _run_files():
-  return sorted(p for p in T5X_DIR.glob('*.gin') if p.stem not in METHOD_FILES)
 
 
 def _includes(path):
   return _INCLUDE.findall(path.read_text())
-
-
-def _macros(path):
-  return {k: v.split('#')[0].strip() for k, v in _MACRO.findall(path.read_text())}
 
 
 def _compat_exports():
@@ -47,47 +40,49 @@ def _compat_exports():
   raise AssertionError('distill_sbs/t5x_compat/__init__.py has no __all__')
 
 
-def test_run_grid_is_complete():
-  names = {p.stem for p in _run_files()}
-  expected = {f'{m}_{ds}_{s}' for m in ('sbs', 'finetune', 'distill')
-              for ds in DATASETS for s in SIZES}
-  expected |= {f'first_{ds}_{s}' for ds in DATASETS for s in ('tiny', 'base')}
-  expected |= {f'ul2r_cqa_corpus_{s}' for s in SIZES}
-  assert names == expected
+def _macros(files):
+  """Macros of a T5X composition (T5X's own run file is not here: skipped)."""
+  from distill_sbs.training import gin_macros  # pylint: disable=g-import-not-at-top
+  return gin_macros.read_macros(files, skip=T5X_RUNS)
 
 
-@pytest.mark.parametrize('path', _run_files(), ids=lambda p: p.stem)
-def test_run_file_includes_runs_model_and_method(path):
+def test_method_files_are_the_project_methods():
+  names = {p.stem for p in T5X_DIR.glob('*.gin')}
+  assert names == {'common', 'from_project_checkpoint', *RUN_FILES, *METHOD_CLASS, *VARIANTS}
+  for name in (*METHOD_CLASS, *VARIANTS):
+    if name != 'ul2r':
+      assert (REPO / 'gin' / 'methods' / f'{name}.gin').is_file(), name
+
+
+def test_sbs_cqa_tiny_composes_model_run_method_dataset():
+  path = T5X_DIR / 'sbs_cqa_tiny.gin'
   inc = _includes(path)
-  assert len(inc) == 3, (path.name, inc)
-  model, runs, method = inc
   # Model size first, so T5X's run file sets DROPOUT_RATE etc. after it.
-  assert re.fullmatch(r't5x_configs/models/t5_1_1/(tiny|small|base)\.gin', model), inc
-  assert (REPO / model).is_file(), f'{path.name}: {model} is not in the repository'
-  assert model.endswith(f'/{path.stem.rsplit("_", 1)[1]}.gin'), (path.name, model)
-  expected_runs = T5X_RUNS[1] if path.stem.startswith('ul2r') else T5X_RUNS[0]
-  assert runs == expected_runs, (path.name, runs)
-  kind = {'finetune': 'baseline', 'distill': 'baseline'}.get(path.stem.split('_')[0],
-                                                              path.stem.split('_')[0])
-  assert method == f't5x_configs/t5x/{kind}.gin', (path.name, method)
-  macros = _macros(path)
-  for name in ('MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS',
-               'INITIAL_CHECKPOINT_PATH'):
-    assert name in macros, f'{path.name} does not set {name}'
-  lengths = ast.literal_eval(macros['TASK_FEATURE_LENGTHS'])
-  assert set(lengths) == {'inputs', 'targets'} and min(lengths.values()) > 0
-  assert int(macros['TRAIN_STEPS']) > 0
-  if kind == 'sbs':
-    assert 'INFER_EVAL_MIXTURE_OR_TASK_NAME' in macros
-    assert int(macros['BATCH_SIZE']) % 2 == 0  # label + rationale rows stay paired
-  if kind == 'first':
-    assert 'EVAL_TASK' in macros
-  if path.stem.endswith('_tiny'):
-    assert macros['INITIAL_CHECKPOINT_PATH'] == 'None'
-  else:  # T5X's public T5 v1.1 checkpoint of the same size
-    size = path.stem.rsplit('_', 1)[1]
-    assert f't5_1_1_{size}/checkpoint_1000000' in macros['INITIAL_CHECKPOINT_PATH']
-    assert int(macros['TRAIN_STEPS']) > 1_000_000
+  assert inc == ['t5x_configs/models/t5_1_1/tiny.gin', T5X_RUNS[0],
+                 't5x_configs/t5x/sbs_llm.gin', 'gin/datasets/cqa.gin'], inc
+  m = _macros([str(path)])
+  assert m['MIXTURE_OR_TASK_NAME'] == 'sbs_cqa_paired_llm'
+  assert m['INFER_EVAL_MIXTURE_OR_TASK_NAME'] == 'sbs_cqa_predict_llm'
+  assert m['TASK_FEATURE_LENGTHS'] == {'inputs': 320, 'targets': 256}
+  assert m['BATCH_SIZE'] % 2 == 0  # label + rationale rows stay paired
+  assert m['INITIAL_CHECKPOINT_PATH'] is None and m['TRAIN_STEPS'] > 0
+
+
+@pytest.mark.parametrize('ds', DATASETS)
+@pytest.mark.parametrize('method', [*METHOD_CLASS, *VARIANTS])
+def test_every_method_composes_with_every_dataset(method, ds):
+  run = T5X_RUNS[1] if method == 'ul2r' else T5X_RUNS[0]
+  m = _macros(['t5x_configs/models/t5_1_1/tiny.gin', run, f't5x_configs/t5x/{method}.gin',
+               f'gin/datasets/{ds}.gin'])
+  assert isinstance(m['MIXTURE_OR_TASK_NAME'], str), m['MIXTURE_OR_TASK_NAME']
+  assert ds in m['MIXTURE_OR_TASK_NAME']
+  lengths = m['TASK_FEATURE_LENGTHS']
+  assert set(lengths) == {'inputs', 'targets'} and all(isinstance(v, int) and v > 0
+                                                       for v in lengths.values())
+  if method.startswith('sbs'):
+    assert isinstance(m['INFER_EVAL_MIXTURE_OR_TASK_NAME'], str)
+  if method == 'first':
+    assert isinstance(m['EVAL_TASK'], str)
 
 
 def test_method_files_import_tasks_and_bind_t5x_compat_classes():
@@ -103,30 +98,33 @@ def test_method_files_import_tasks_and_bind_t5x_compat_classes():
     assert re.search(rf'^t5x_compat\.{cls}:\n(  .+\n)*  module = @models\.Transformer\(\)',
                      text, re.M), kind
     assert 'loss_fn = %LOSS_FN' in text, kind
+  for variant, base in VARIANTS.items():
+    assert f"include 't5x_configs/t5x/{base}.gin'" in (T5X_DIR / f'{variant}.gin').read_text()
   for path in T5X_DIR.glob('*.gin'):
     for name in re.findall(r'@t5x_compat\.(\w+)', path.read_text()):
       assert name in exports, f'{path.name}: t5x_compat.{name} is not exported'
     for inc in _includes(path):
       assert inc in T5X_RUNS or (REPO / inc).is_file(), f'{path.name}: missing {inc}'
-  sbs = (T5X_DIR / 'sbs.gin').read_text()
+  sbs = (T5X_DIR / 'sbs_llm.gin').read_text()
   assert "LOSS_NORMALIZING_FACTOR = 'PER_TASK_TOKENS'" in sbs
   assert 'FEATURE_CONVERTER = @t5x_compat.PairedFeatureConverter' in sbs
   for text in (sbs, (T5X_DIR / 'first.gin').read_text()):
     assert 'train/utils.DatasetConfig.pack = False' in text
     assert 'train_eval/utils.DatasetConfig.pack = False' in text
-  assert "include 'gin/first/first.gin'" in (T5X_DIR / 'first.gin').read_text()
+  assert "include 'gin/methods/first.gin'" in (T5X_DIR / 'first.gin').read_text()
 
 
 def test_named_tasks_are_registered():
   import seqio  # pylint: disable=g-import-not-at-top
   import distill_sbs.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  for path in _run_files():
-    macros = _macros(path)
-    for key in ('MIXTURE_OR_TASK_NAME', 'INFER_EVAL_MIXTURE_OR_TASK_NAME', 'EVAL_TASK'):
-      if key in macros:
-        task = ast.literal_eval(macros[key])
-        assert task in names, f'{path.name}: {key} {task!r} is not registered'
+  for method in (*METHOD_CLASS, *VARIANTS):
+    for ds in DATASETS:
+      macros = _macros(['t5x_configs/models/t5_1_1/tiny.gin', f't5x_configs/t5x/{method}.gin',
+                        f'gin/datasets/{ds}.gin'])
+      for key in ('MIXTURE_OR_TASK_NAME', 'INFER_EVAL_MIXTURE_OR_TASK_NAME', 'EVAL_TASK'):
+        if isinstance(macros.get(key), str):
+          assert macros[key] in names, f'{method}/{ds}: {key} {macros[key]!r} is not registered'
 
 
 def test_nothing_else_imports_t5x():
