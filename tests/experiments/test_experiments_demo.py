@@ -56,6 +56,10 @@ def test_short_demo_writes_every_report_file(tmp_path, raw_dir, monkeypatch):
     assert float(r['train_seconds']) > 0
     n_pred = len((run_dir / 'test_predictions.jsonl').read_text().splitlines())
     assert n_pred == 16
+    # Same examples per step: the paired method's batch holds 2 rows per example.
+    config_gin = (run_dir / 'config.gin').read_text()
+    assert f"BATCH_SIZE = {16 if r['method'] == 'sbs_gold' else 8}" in config_gin
+    assert "INPUTS_LENGTH = 48" in config_gin
   # A rerun reuses both finished runs (no training) and rewrites the same CSV.
   first_csv = (out / 'results.csv').read_bytes()
   lines.clear()

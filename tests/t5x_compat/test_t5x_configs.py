@@ -21,7 +21,9 @@ SIZES = ('tiny', 'small', 'base')
 METHOD_CLASS = {'standard_finetune': 'ProjectLossEncoderDecoderModel',
                 'sbs_llm': 'SbsEncoderDecoderModel', 'first': 'FirstEncoderDecoderModel',
                 'ul2r': 'ProjectLossEncoderDecoderModel'}
-VARIANTS = {'standard_distill': 'standard_finetune', 'sbs_gold': 'sbs_llm'}
+# Methods that only change the training task: a binding on the base method file.
+VARIANTS = {'standard_distill': ('standard_finetune', 'LABEL_LLM_TASK'),
+            'sbs_gold': ('sbs_llm', 'PAIRED_GOLD_TASK')}
 T5X_RUNS = ('t5x/configs/runs/finetune.gin', 't5x/configs/runs/pretrain.gin')
 RUN_FILES = ('sbs_cqa_tiny',)  # experiment files; the rest are method files
 
@@ -40,15 +42,18 @@ def _compat_exports():
   raise AssertionError('distill_sbs/t5x_compat/__init__.py has no __all__')
 
 
-def _macros(files):
+def _macros(files, bindings=()):
   """Macros of a T5X composition (T5X's own run file is not here: skipped)."""
   from distill_sbs.training import gin_macros  # pylint: disable=g-import-not-at-top
-  return gin_macros.read_macros(files, skip=T5X_RUNS)
+  return gin_macros.read_macros(files, bindings, skip=T5X_RUNS)
 
 
 def test_method_files_are_the_project_methods():
   names = {p.stem for p in T5X_DIR.glob('*.gin')}
-  assert names == {'common', 'from_project_checkpoint', *RUN_FILES, *METHOD_CLASS, *VARIANTS}
+  assert names == {'common', 'from_project_checkpoint', *RUN_FILES, *METHOD_CLASS}
+  doc = (REPO / 'docs' / 't5x.md').read_text()
+  for variant, (base, task) in VARIANTS.items():
+    assert f'`{base}.gin` + `--gin.MIXTURE_OR_TASK_NAME=%{task}`' in doc, variant
   for name in (*METHOD_CLASS, *VARIANTS):
     if name != 'ul2r':
       assert (REPO / 'gin' / 'methods' / f'{name}.gin').is_file(), name
@@ -72,8 +77,9 @@ def test_sbs_cqa_tiny_composes_model_run_method_dataset():
 @pytest.mark.parametrize('method', [*METHOD_CLASS, *VARIANTS])
 def test_every_method_composes_with_every_dataset(method, ds):
   run = T5X_RUNS[1] if method == 'ul2r' else T5X_RUNS[0]
-  m = _macros(['t5x_configs/models/t5_1_1/tiny.gin', run, f't5x_configs/t5x/{method}.gin',
-               f'gin/datasets/{ds}.gin'])
+  base, task = VARIANTS.get(method, (method, None))
+  m = _macros(['t5x_configs/models/t5_1_1/tiny.gin', run, f't5x_configs/t5x/{base}.gin',
+               f'gin/datasets/{ds}.gin'], [f'MIXTURE_OR_TASK_NAME=%{task}'] if task else [])
   assert isinstance(m['MIXTURE_OR_TASK_NAME'], str), m['MIXTURE_OR_TASK_NAME']
   assert ds in m['MIXTURE_OR_TASK_NAME']
   lengths = m['TASK_FEATURE_LENGTHS']
@@ -98,8 +104,6 @@ def test_method_files_import_tasks_and_bind_t5x_compat_classes():
     assert re.search(rf'^t5x_compat\.{cls}:\n(  .+\n)*  module = @models\.Transformer\(\)',
                      text, re.M), kind
     assert 'loss_fn = %LOSS_FN' in text, kind
-  for variant, base in VARIANTS.items():
-    assert f"include 't5x_configs/t5x/{base}.gin'" in (T5X_DIR / f'{variant}.gin').read_text()
   for path in T5X_DIR.glob('*.gin'):
     for name in re.findall(r'@t5x_compat\.(\w+)', path.read_text()):
       assert name in exports, f'{path.name}: t5x_compat.{name} is not exported'
@@ -118,7 +122,7 @@ def test_named_tasks_are_registered():
   import seqio  # pylint: disable=g-import-not-at-top
   import distill_sbs.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   names = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-  for method in (*METHOD_CLASS, *VARIANTS):
+  for method in METHOD_CLASS:
     for ds in DATASETS:
       macros = _macros(['t5x_configs/models/t5_1_1/tiny.gin', f't5x_configs/t5x/{method}.gin',
                         f'gin/datasets/{ds}.gin'])
