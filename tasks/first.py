@@ -16,7 +16,7 @@ with the label, or by a teacher that scored the label; calibrated with
 plus `_{frac}` data-fraction variants (12p5pct … 100pct, nested, as `sbs`), and
 `first_{ds}` (= first_{ds}_label).
 Train with `TopKFeatureConverter` and `LOSS_FN = @losses.TopKDistillLoss()`
-(gin/first/*.gin). Other record directories: `register_first_tasks(name, dir)`.
+(gin/methods/first.gin, first_rationale.gin). Other record directories: `register_first_tasks(name, dir)`.
 The label tasks' metrics parse the predicted text to a label and compare it with
 the record's gold label.
 """
