@@ -37,7 +37,7 @@ from distill_sbs.data import vocab as vocab_lib
 
 TEXT_ENV = 'DISTILL_SBS_UL2R_TEXT'
 CORPUS_FIELDS = ('inputs', 'rationale')
-SPLITS = ('train', 'validation', 'test')
+SPLITS = paths.SPLITS
 MODE_SUFFIXES = {'nlu': ul2.NLU, 'nlg': ul2.NLG, 's2s': ul2.S2S}
 
 
