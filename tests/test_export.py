@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from distill_sbs import models
-from distill_sbs.training import checkpoints
+from distill_sbs.models import checkpoint_formats as checkpoints
 from tests.models.helpers import random_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -94,7 +94,7 @@ def _hf_student(path, raw_dir):
 
 def test_demo_from_a_pretrained_student(tmp_path, raw_dir, monkeypatch):
   """Both methods start from the checkpoint, with its shape and vocabulary."""
-  from distill_sbs.training import checkpoints
+  from distill_sbs.models import checkpoint_formats as checkpoints
   monkeypatch.setenv('DISTILL_SBS_RAW_DIR', str(raw_dir))
   hf = tmp_path / 'flan'
   hf.mkdir()

@@ -114,7 +114,7 @@ def test_t5x_train_sbs_cqa_tiny(tmp_path, raw_dir):
   assert "LOSS_NORMALIZING_FACTOR = 'PER_TASK_TOKENS'" in config
   # Into the project's checkpoint layout, parameters unchanged.
   from distill_sbs.t5x_compat import checkpoints as conv  # pylint: disable=g-import-not-at-top
-  from distill_sbs.training import checkpoints as project_checkpoints  # pylint: disable=g-import-not-at-top
+  from distill_sbs.models import checkpoint_formats as project_checkpoints  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   conv.t5x_to_project(str(model_dir), str(tmp_path / 'project_run'))
   ours = project_checkpoints.read_params(str(tmp_path / 'project_run'))
