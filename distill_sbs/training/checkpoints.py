@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+import jax
 import orbax.checkpoint as ocp
 
 from distill_sbs.models import checkpoint_formats
@@ -20,6 +21,20 @@ from distill_sbs.models import checkpoint_formats
 find_step_dir = checkpoint_formats.find_step_dir
 load_params = checkpoint_formats.load_params
 step_from_dir_name = checkpoint_formats.step_from_dir_name
+
+
+def check_finite_state(step: int, state: Any) -> None:
+  """Raises `FloatingPointError` naming the non-finite leaves of `state`."""
+  from distill_sbs.training import trainer  # pylint: disable=g-import-not-at-top
+  trees = {'params': getattr(state, 'params', state),
+           'opt_state': getattr(state, 'opt_state', None)}
+  if bool(jax.device_get(trainer.all_finite(trees))):
+    return
+  bad = trainer.nonfinite_leaves(trees)
+  raise FloatingPointError(
+      f'refusing to save checkpoint {step}: non-finite values in '
+      f'{", ".join(bad[:8])}{" ..." if len(bad) > 8 else ""}; the previous '
+      'checkpoints are kept')
 
 
 class RunCheckpointer:
@@ -43,9 +58,14 @@ class RunCheckpointer:
 
   def save(self, step: int, state: Any, data_state: Mapping[str, Any],
            force: bool = False) -> bool:
-    """Saves when `step` is on the period (or `force`); returns whether it did."""
+    """Saves when `step` is on the period (or `force`); returns whether it did.
+
+    Refuses (`NonFiniteError`-like `FloatingPointError`) a state whose
+    parameters or optimizer state hold a NaN / inf: a bad save would rotate
+    the good checkpoints away."""
     if step in self._manager.all_steps():
       return False
+    check_finite_state(step, state)
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data=ocp.args.JsonSave(dict(data_state))),

@@ -14,7 +14,13 @@ def export_hf(*, model: Any, checkpoint_path: str, output_dir: str) -> str:
   from distill_sbs import models  # pylint: disable=g-import-not-at-top
   from distill_sbs.models import checkpoint_formats  # pylint: disable=g-import-not-at-top
   config = model.module.config
+  from distill_sbs.training import trainer  # pylint: disable=g-import-not-at-top
   params = checkpoint_formats.read_params(checkpoint_path)
+  bad = trainer.nonfinite_leaves(params)
+  if bad:
+    raise FloatingPointError(
+        f'refusing to export {checkpoint_path}: non-finite values in '
+        f'{", ".join(bad[:8])}{" ..." if len(bad) > 8 else ""}')
   models.save_hf_checkpoint(output_dir, config, params)
   vocabulary = model.output_vocabulary
   vocabulary = getattr(vocabulary, 'resolved', vocabulary)  # LazyVocabulary

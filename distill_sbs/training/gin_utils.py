@@ -156,7 +156,19 @@ def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = N
       from absl import logging  # pylint: disable=g-import-not-at-top
       logging.set_verbosity(logging.WARNING)
     return rest
-  app.run(main, argv=list(argv) if argv is not None else None, flags_parser=parse)
+
+  def guarded(args):
+    try:
+      return main(args)
+    except FloatingPointError as e:  # non-finite training / export: no traceback
+      raise SystemExit(f'error: {_first_line(e)}') from e
+  app.run(guarded, argv=list(argv) if argv is not None else None, flags_parser=parse)
+
+
+def _first_line(e: BaseException) -> str:
+  """The exception's own message (gin's 'In call to configurable' lines dropped)."""
+  text = str(e)
+  return text.split('\n  In call to configurable')[0].strip()
 
 
 def query_model_dir(*keys: str) -> Optional[str]:

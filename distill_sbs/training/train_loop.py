@@ -37,19 +37,37 @@ def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
 
 
 def _windowed(metrics: list[Mapping[str, Any]]) -> dict[str, float]:
-  """Averages per-step metrics of a logging window; accuracy from token sums."""
+  """Averages per-step metrics of a logging window; accuracy from token sums.
+
+  Steps skipped by `skip_nonfinite_updates` count in `nonfinite_skipped` (a
+  sum) and are left out of the other metrics when any step was kept."""
   if not metrics:
     return {}
   host = jax.device_get(metrics)
+  skip = trainer_lib.SKIPPED_METRIC
+  kept = [m for m in host if not float(np.asarray(m.get(skip, 0.0)))] or host
   out = {}
   for k in host[0]:
-    vals = [float(np.asarray(m[k])) for m in host]
+    if k in trainer_lib.FINITE_METRICS:
+      continue
+    if k == skip:
+      out[k] = float(np.sum([float(np.asarray(m[k])) for m in host]))
+      continue
+    vals = [float(np.asarray(m[k])) for m in kept]
     out[k] = float(np.sum(vals)) if k in trainer_lib.SUMMED_METRICS else float(np.mean(vals))
   if out.get('real_tokens'):
     out['accuracy'] = out['correct_tokens'] / out['real_tokens']
   for k in trainer_lib.SUMMED_METRICS:
     out.pop(k, None)
   return out
+
+
+def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+  """Raises `trainer.NonFiniteError` when step `step`'s flags say non-finite."""
+  flags = jax.device_get({k: metrics[k] for k in trainer_lib.FINITE_METRICS
+                          + ('loss', 'grad_norm')})
+  if not all(float(flags[k]) for k in trainer_lib.FINITE_METRICS):
+    raise trainer_lib.NonFiniteError(step, flags)
 
 
 @gin.configurable(module='distill_sbs.training.train_loop')
@@ -65,12 +83,17 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
           checkpoint_period: int = 1000, keep_checkpoints: Optional[int] = 3,
           async_checkpointing: bool = True, log_period: int = 100,
           progress_bar: Optional[bool] = None,
+          skip_nonfinite_updates: bool = False,
           train_batches: Optional[Iterable[Mapping[str, np.ndarray]]] = None
           ) -> tuple[ts_lib.TrainState, trainer_lib.Trainer]:
   """Trains `model`; returns (final state, trainer).
 
   `train_batches` (tests / custom pipelines) replaces the seqio dataset with an
   iterable of process-local numpy batches (the resume position still applies).
+  The first step with a non-finite loss or gradient norm raises
+  `trainer.NonFiniteError` before anything of it is saved, unless
+  `skip_nonfinite_updates` (then such updates are skipped and counted in the
+  `nonfinite_skipped` metric).
   """
   if total_steps is None or int(total_steps) < 0:
     raise ValueError(f'train.total_steps (TRAIN_STEPS) must be >= 0, got {total_steps!r}')
@@ -94,7 +117,8 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     make_iter = lambda pos: _ListIterator(batches, pos)
 
   trainer = trainer_lib.Trainer(model, mesh, rules, input_shapes,
-                                num_microbatches=num_microbatches, seed=random_seed)
+                                num_microbatches=num_microbatches, seed=random_seed,
+                                skip_nonfinite_updates=skip_nonfinite_updates)
   ckpt = ckpt_lib.RunCheckpointer(model_dir, save_period=checkpoint_period,
                                   keep=keep_checkpoints, async_save=async_checkpointing)
 
@@ -138,16 +162,25 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     return scalars
 
   window: list[Mapping[str, Any]] = []
+  guard = not skip_nonfinite_updates
+  pending = None  # the previous step, checked after the next one is dispatched
   try:
     for step in range(start, total_steps):
       batch = next(data_iter)
       logger.count_tokens(count_tokens(batch) * jax.process_count())
       state, metrics = trainer.train_step(state, trainer.shard_batch(batch))
+      if guard and pending is not None:
+        check_finite(*pending)
       window.append(metrics)
       new_step = step + 1
+      pending = (new_step, metrics)
       is_last = new_step == total_steps
       logger.step_done(new_step)
-      if new_step % max(log_period, 1) == 0 or is_last:
+      on_log = new_step % max(log_period, 1) == 0 or is_last
+      on_ckpt = checkpoint_period and (new_step % checkpoint_period == 0 or is_last)
+      if guard and (on_log or on_ckpt or (eval_period and new_step % eval_period == 0)):
+        check_finite(new_step, metrics)
+      if on_log:
         scalars = _windowed(window)
         scalars['tokens_per_sec'] = logger.throughput()
         window = []
@@ -158,7 +191,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
                                     if k in scalars})
       elif eval_period and new_step % eval_period == 0:
         logger.write(new_step, run_eval(new_step))
-      if checkpoint_period and (new_step % checkpoint_period == 0 or is_last):
+      if on_ckpt:
         ckpt.save(new_step, state, data_iter.get_state(), force=True)
   finally:
     ckpt.close()

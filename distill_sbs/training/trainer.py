@@ -15,6 +15,42 @@ from distill_sbs.training import train_state as ts_lib
 Batch = Mapping[str, jax.Array]
 # Metrics that are summed over microbatches (and steps) rather than averaged.
 SUMMED_METRICS = ('correct_tokens', 'real_tokens', 'weight_sum')
+# Per-step flags: 1.0 when the step's loss / gradient norm is finite; and, with
+# `skip_nonfinite_updates`, 1.0 on a step whose update was skipped.
+FINITE_METRICS = ('loss_finite', 'grad_norm_finite')
+SKIPPED_METRIC = 'nonfinite_skipped'
+
+
+class NonFiniteError(FloatingPointError):
+  """A train step produced a non-finite loss or gradient norm."""
+
+  def __init__(self, step: int, metrics: Mapping[str, Any]):
+    self.step = int(step)
+    bad = [k for k in ('loss', 'grad_norm') if not np.isfinite(float(metrics[k]))]
+    self.metrics = bad
+    values = ', '.join(f'{k}={float(metrics[k])}' for k in ('loss', 'grad_norm'))
+    super().__init__(
+        f'non-finite {" and ".join(bad)} at step {self.step} ({values}); stopped '
+        'before saving anything from this step (the last good checkpoint is kept). '
+        'Lower LEARNING_RATE, or bind train_loop.train.skip_nonfinite_updates=True '
+        '(SKIP_NONFINITE_UPDATES) to skip such updates.')
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """Scalar bool: every floating leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def nonfinite_leaves(tree: Any) -> list[str]:
+  """Paths ('a/b/c') of floating leaves (host or device arrays) with a NaN / inf."""
+  bad = []
+  for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    x = np.asarray(jax.device_get(x))
+    if np.issubdtype(x.dtype, np.inexact) and not np.all(np.isfinite(x)):
+      bad.append('/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path))
+  return bad
 
 
 class Trainer:
@@ -28,11 +64,14 @@ class Trainer:
     num_microbatches: gradient accumulation: the batch is split into this many
       microbatches and their gradients averaged (one optimizer update).
     seed: RANDOM_SEED (parameter init and dropout).
+    skip_nonfinite_updates: a step whose loss or gradient norm is not finite
+      leaves parameters and optimizer state unchanged (the step counter still
+      advances) and reports `nonfinite_skipped` = 1.
   """
 
   def __init__(self, model, mesh: Mesh, rules: partitioning.LogicalAxisRules,
                input_shapes: Mapping[str, tuple], *, num_microbatches: int = 1,
-               seed: int = 0):
+               seed: int = 0, skip_nonfinite_updates: bool = False):
     self.model = model
     self.mesh = mesh
     self.rules = list(rules)
@@ -43,6 +82,7 @@ class Trainer:
       raise ValueError(f'batch size {batch} is not divisible by num_microbatches='
                        f'{self.num_microbatches}')
     self.seed = int(seed)
+    self.skip_nonfinite_updates = bool(skip_nonfinite_updates)
     self.abstract_state, self.state_shardings = ts_lib.state_shardings(
         model, self.input_shapes, mesh, self.rules)
     self.batch_sharding = partitioning.data_sharding(mesh)
@@ -100,6 +140,15 @@ class Trainer:
     metrics['learning_rate'] = jnp.asarray(
         self.model.optimizer_def.learning_rate(state.step), jnp.float32)
     metrics['grad_norm'] = _global_norm(grads)
+    loss_ok = jnp.isfinite(metrics['loss'])
+    grad_ok = jnp.isfinite(metrics['grad_norm'])
+    metrics['loss_finite'] = loss_ok.astype(jnp.float32)
+    metrics['grad_norm_finite'] = grad_ok.astype(jnp.float32)
+    if self.skip_nonfinite_updates:
+      ok = loss_ok & grad_ok
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      metrics[SKIPPED_METRIC] = 1.0 - ok.astype(jnp.float32)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   def _eval_step_fn(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
