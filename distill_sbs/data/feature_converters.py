@@ -1,131 +1,120 @@
-"""Paired α-weighted encoder-decoder feature converter (exact step-by-step loss).
+"""The step-by-step feature converter: label and rationale rows, packable.
 
-Two ways to train label + rationale (the trainer's gin files choose):
-  * mixture (rate approximation): `MIXTURE_OR_TASK_NAME = 'sbs_{ds}_llm'` with
-    seqio's `EncDecFeatureConverter`; examples of the two tasks are sampled at
-    rates α / 1−α and one loss is averaged over all tokens.
-  * paired (exact): `MIXTURE_OR_TASK_NAME = 'sbs_{ds}_paired_llm'` with
-    `PairedEncDecFeatureConverter` (`.alpha` in gin) and
-    `CrossEntropyLoss.loss_normalizing_factor = 'PER_TASK_TOKENS'`: every
-    example yields two adjacent rows (label row, then rationale row), so with an
-    even batch size both targets of an example share a batch, and the loss is
-    α·mean_label_tokens + (1−α)·mean_rationale_tokens over the batch, the
-    paper's L = α·L_label + (1−α)·L_rationale.
+Distilling step-by-step trains on `sbs_{ds}_paired_{llm,gold}`, whose examples
+carry a label pair (`inputs` 'predict: …' → `targets` label) and a rationale
+pair (`rationale_inputs` 'explain: …' → `rationale_targets` rationale).
+`PairedEncDecFeatureConverter` turns each example into two rows, tags every
+target token with its task (`decoder_task_ids`: 0 label, 1 rationale) and,
+like seqio's `EncDecFeatureConverter`, pads or packs them. The objective
+α·L_label + (1−α)·L_rationale lives in one place, the loss
+(`distill.losses.StepByStepLoss`, per-task token means over the batch), so the
+rows may be packed freely: a packed row can hold the label and rationale
+pieces of many examples.
 
-Model features (T5X names), per row:
-  encoder_input_tokens  [inputs_len]   int32
-  decoder_target_tokens [targets_len]  int32
-  decoder_input_tokens  [targets_len]  int32 (targets shifted right, bos 0)
-  decoder_loss_weights  [targets_len]  float32: α on label-row tokens, 1−α on
-                                       rationale-row tokens, 0 on padding
-  decoder_task_ids      [targets_len]  int32: 0 label row, 1 rationale row
-Both rows use the `inputs` / `targets` lengths of `task_feature_lengths` (the
-same keys as T5X's TASK_FEATURE_LENGTHS) as static shapes in `element_spec`;
-rationale features are trimmed to them. A dataset without `rationale_*`
-features (e.g. a label task at eval) gives one label row per example with
-weight 1. Packing is not supported.
+Example (byte ids shortened; lengths inputs 8, targets 6), two examples:
+
+  ex1: inputs [p, a, 1]  targets [L, 1]     rationale_inputs [e, a, 1]
+       rationale_targets [r, s, 1]
+  ex2: inputs [p, b, 1]  targets [M, 1]     rationale_inputs [e, b, 1]
+       rationale_targets [t, 1]
+
+Rows (label then rationale of each example):
+
+  row1: inputs [p, a, 1]  targets [L, 1]     task_ids [0, 0]
+  row2: inputs [e, a, 1]  targets [r, s, 1]  task_ids [1, 1, 1]
+  row3: inputs [p, b, 1]  targets [M, 1]     task_ids [0, 0]
+  row4: inputs [e, b, 1]  targets [t, 1]     task_ids [1, 1]
+
+pack=False (each row padded):
+
+  encoder_input_tokens  [[p, a, 1, 0, 0, 0, 0, 0], [e, a, 1, 0, …], …]   [4, 8]
+  decoder_target_tokens [[L, 1, 0, 0, 0, 0], [r, s, 1, 0, 0, 0], …]    [4, 6]
+  decoder_input_tokens  [[0, L, 0, 0, 0, 0], [0, r, s, 0, 0, 0], …]    [4, 6]
+  decoder_loss_weights  [[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], …]    [4, 6]
+  decoder_task_ids      [[0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], …]    [4, 6]
+
+pack=True (rows concatenated greedily while both features fit):
+
+  encoder_input_tokens  [[p, a, 1, e, a, 1, 0, 0], [p, b, 1, e, b, 1, 0, 0]]
+  encoder_segment_ids   [[1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 2, 2, 2, 0, 0]]
+  encoder_positions     [[0, 1, 2, 0, 1, 2, 0, 0], [0, 1, 2, 0, 1, 2, 0, 0]]
+  decoder_target_tokens [[L, 1, r, s, 1, 0], [M, 1, t, 1, 0, 0]]
+  decoder_input_tokens  [[0, L, 0, r, s, 0], [0, M, 0, t, 0, 0]]
+  decoder_segment_ids   [[1, 1, 2, 2, 2, 0], [1, 1, 2, 2, 0, 0]]
+  decoder_positions     [[0, 1, 0, 1, 2, 0], [0, 1, 0, 1, 0, 0]]
+  decoder_loss_weights  [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]]
+  decoder_task_ids      [[0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 0, 0]]
+
+Padding positions carry task id 0 but loss weight 0, so they count for no
+task. A dataset without the `rationale_*` features (a label task at
+evaluation) gives one label row per example.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping
 
 import gin
 import seqio
 import tensorflow as tf
 
+from distill_sbs.distill import losses
+
 RATIONALE_FEATURES = ('rationale_inputs', 'rationale_targets')
-LABEL_TASK_ID = 0
-RATIONALE_TASK_ID = 1
+LABEL_TASK_ID = losses.LABEL_TASK_ID
+RATIONALE_TASK_ID = losses.RATIONALE_TASK_ID
+# The rows' per-target-token task feature before conversion, stored as task
+# id + 1: seqio's packer takes a feature's length to be its count of non-zero
+# entries, so a real value may never be 0.
+TASK_IDS = 'task_ids_plus_one'
 
 
-def _fit(x: tf.Tensor, length: int) -> tf.Tensor:
-  """Trims / zero-pads a 1-D int tensor to `length` (static shape [length]:
-  T5X sizes the model from the dataset's `element_spec`)."""
-  x = tf.cast(x[:length], tf.int32)
-  return tf.ensure_shape(tf.pad(x, [[0, length - tf.shape(x)[0]]]), [length])
-
-
-def _shift_right(targets: tf.Tensor, bos_id: int) -> tf.Tensor:
-  """[rows, length] -> decoder inputs (bos then targets[:-1])."""
-  bos = tf.fill([tf.shape(targets)[0], 1], tf.cast(bos_id, targets.dtype))
-  return tf.concat([bos, targets[:, :-1]], axis=1)
+def _row(inputs: tf.Tensor, targets: tf.Tensor, task_id: int) -> dict[str, tf.Tensor]:
+  targets = tf.cast(targets, tf.int32)
+  return {'inputs': tf.cast(inputs, tf.int32), 'targets': targets,
+          TASK_IDS: tf.fill(tf.shape(targets), tf.constant(task_id + 1, tf.int32))}
 
 
 @gin.configurable
-class PairedEncDecFeatureConverter(seqio.FeatureConverter):
-  """Emits a label row and a rationale row per example (see module docstring)."""
+class PairedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """Label and rationale rows per example, padded or packed (module docstring)."""
 
-  TASK_FEATURES = {
-      'inputs': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      'targets': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-  }
   MODEL_FEATURES = {
-      'encoder_input_tokens': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      'decoder_target_tokens': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      'decoder_input_tokens': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
-      'decoder_loss_weights': seqio.FeatureConverter.FeatureSpec(dtype=tf.float32),
+      **seqio.EncDecFeatureConverter.MODEL_FEATURES,
       'decoder_task_ids': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
   }
-  PACKING_FEATURE_DTYPES = {}
 
-  def __init__(self, alpha: float = 0.5, pack: bool = False,
-               use_custom_packing_ops: bool = False,
-               apply_length_check: bool = True, bos_id: int = 0,
-               passthrough_features: Optional[Mapping[str, seqio.FeatureConverter
-                                                      .FeatureSpec]] = None):
-    if not 0.0 <= alpha <= 1.0:
-      raise ValueError(f'PairedEncDecFeatureConverter.alpha must be in [0, 1], '
-                       f'got {alpha}')
-    if pack:
-      raise ValueError('PairedEncDecFeatureConverter does not pack (each example '
-                       'must give two aligned rows); set pack=False (T5X: '
-                       'train/DatasetConfig.pack = False)')
-    if passthrough_features:
-      raise ValueError('PairedEncDecFeatureConverter has no passthrough features')
-    self.alpha = float(alpha)
-    super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
-                     apply_length_check=apply_length_check, bos_id=bos_id)
+  def __init__(self, pack: bool = False, **kwargs):
+    super().__init__(pack=pack, **kwargs)
 
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    enc_len = int(task_feature_lengths['inputs'])
-    dec_len = int(task_feature_lengths['targets'])
     present = [f in ds.element_spec for f in RATIONALE_FEATURES]
     if any(present) and not all(present):
       raise ValueError(f'paired dataset needs both {RATIONALE_FEATURES}, has '
                        f'{sorted(ds.element_spec)}')
     paired = all(present)
-    alpha, bos_id = self.alpha, self.bos_id
 
-    def convert(ex):
-      if paired:
-        enc = tf.stack([_fit(ex['inputs'], enc_len),
-                        _fit(ex['rationale_inputs'], enc_len)])     # [2, enc_len]
-        tgt = tf.stack([_fit(ex['targets'], dec_len),
-                        _fit(ex['rationale_targets'], dec_len)])    # [2, dec_len]
-        task_w = tf.constant([[alpha], [1.0 - alpha]], tf.float32)  # [2, 1]
-        task_ids = tf.constant([[LABEL_TASK_ID], [RATIONALE_TASK_ID]], tf.int32)
-      else:
-        enc = _fit(ex['inputs'], enc_len)[None]                     # [1, enc_len]
-        tgt = _fit(ex['targets'], dec_len)[None]                    # [1, dec_len]
-        task_w = tf.ones([1, 1], tf.float32)
-        task_ids = tf.zeros([1, 1], tf.int32)
-      real = tf.cast(tgt > 0, tf.float32)
-      return {
-          'encoder_input_tokens': enc,
-          'decoder_target_tokens': tgt,
-          'decoder_input_tokens': _shift_right(tgt, bos_id),
-          'decoder_loss_weights': real * task_w,
-          'decoder_task_ids': tf.broadcast_to(task_ids, tf.shape(tgt)),
-      }
+    def rows(ex):
+      label = tf.data.Dataset.from_tensors(_row(ex['inputs'], ex['targets'], LABEL_TASK_ID))
+      if not paired:
+        return label
+      return label.concatenate(tf.data.Dataset.from_tensors(
+          _row(ex['rationale_inputs'], ex['rationale_targets'], RATIONALE_TASK_ID)))
 
-    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.unbatch()
+    ds = ds.flat_map(rows)
+    lengths = {'inputs': int(task_feature_lengths['inputs']),
+               'targets': int(task_feature_lengths['targets'])}
+    ds = self._pack_or_pad(ds, {**lengths, TASK_IDS: lengths['targets']})
+    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    d = dict(super()._convert_example(features))
+    d['decoder_task_ids'] = tf.maximum(features[TASK_IDS] - 1, 0)  # padding -> 0
+    return d
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                 ) -> Mapping[str, int]:
-    enc_len = task_feature_lengths['inputs']
-    dec_len = task_feature_lengths['targets']
-    return {'encoder_input_tokens': enc_len, 'decoder_target_tokens': dec_len,
-            'decoder_input_tokens': dec_len, 'decoder_loss_weights': dec_len,
-            'decoder_task_ids': dec_len}
+    lengths = dict(super().get_model_feature_lengths(
+        {k: task_feature_lengths[k] for k in ('inputs', 'targets')}))
+    lengths['decoder_task_ids'] = lengths['decoder_target_tokens']
+    return lengths

@@ -1,4 +1,4 @@
-"""Pure loss functions: cross-entropy with z-loss, α multi-task, top-k KL.
+"""Pure loss functions: cross-entropy with z-loss, the step-by-step α objective, top-k KL.
 
 Conventions (as T5X): logits [batch, length, vocab]; targets [batch, length];
 weights [batch, length] (0 on padding). Per-token losses are summed with the
@@ -19,11 +19,12 @@ Batch = Mapping[str, Array]
 NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
 NUM_TOTAL_TARGET_TOKENS = 'NUM_TOTAL_TARGET_TOKENS'
 AVERAGE_PER_SEQUENCE = 'AVERAGE_PER_SEQUENCE'
-# Exact multi-task objective: sum over tasks of (weighted token sum / that
-# task's real-token count); needs `decoder_task_ids` [batch, length].
+NORMALIZERS = (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS, AVERAGE_PER_SEQUENCE)
+# The former normaliser of the step-by-step objective; the objective (and its α)
+# now lives in `StepByStepLoss`.
 PER_TASK_TOKENS = 'PER_TASK_TOKENS'
-NORMALIZERS = (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS, AVERAGE_PER_SEQUENCE,
-               PER_TASK_TOKENS)
+LABEL_TASK_ID = 0
+RATIONALE_TASK_ID = 1
 
 
 class LossFn(Protocol):
@@ -77,40 +78,51 @@ def normalizing_factor(weights: Array, loss_normalizing_factor: Union[None, floa
 
 
 def per_task_mean(per_token: Array, weights: Array, task_ids: Array,
-                  num_tasks: int = 2) -> Array:
-  """Σ_t Σ_{tokens of task t} w·x / N_t: the paper's α·L_label + (1−α)·L_rationale
-  when the weights are α on label tokens and 1−α on rationale tokens.
+                  task_weights: tuple[float, ...]) -> tuple[Array, Array, Array]:
+  """Σ_t a_t · mean_t / Σ_{t present} a_t, where mean_t is the weighted mean of
+  `per_token` over the tokens of task t in the batch.
+
+  With task_weights (α, 1−α) and task ids 0 (label) / 1 (rationale) this is
+  the paper's α·L_label + (1−α)·L_rationale. A batch holding one task only
+  (e.g. a label task at evaluation) gives that task's mean.
 
   Args:
     per_token: [batch, length] per-token losses.
-    weights: [batch, length] task weight on real tokens, 0 on padding.
-    task_ids: [batch, length] task index per token (0 label, 1 rationale).
+    weights: [batch, length] loss weights (1 on real tokens, 0 on padding).
+    task_ids: [batch, length] task index per token.
+    task_weights: a_t per task index.
+  Returns:
+    (objective, means [num_tasks], token counts [num_tasks]).
   """
-  total = jnp.zeros((), jnp.float32)
-  for t in range(num_tasks):
-    in_t = (task_ids == t) & (weights > 0)
-    n_t = jnp.sum(in_t).astype(jnp.float32)
-    total += jnp.sum(jnp.where(in_t, per_token * weights, 0.0)) / jnp.maximum(n_t, 1.0)
-  return total
+  means, counts = [], []
+  for t in range(len(task_weights)):
+    w_t = jnp.where(task_ids == t, weights, 0.0)  # [batch, length]
+    n_t = jnp.sum(w_t)
+    means.append(jnp.sum(per_token * w_t) / jnp.maximum(n_t, 1e-9))
+    counts.append(n_t)
+  means, counts = jnp.stack(means), jnp.stack(counts)  # [num_tasks]
+  a = jnp.where(counts > 0, jnp.asarray(task_weights, jnp.float32), 0.0)
+  return jnp.sum(a * means) / jnp.maximum(jnp.sum(a), 1e-9), means, counts
+
+
+def _no_per_task_tokens(loss_normalizing_factor: Any) -> None:
+  if loss_normalizing_factor == PER_TASK_TOKENS:
+    raise ValueError("loss_normalizing_factor='PER_TASK_TOKENS' is gone: the step-by-step "
+                     'objective is losses.StepByStepLoss(alpha=...) (gin: LOSS_FN = '
+                     '@losses.StepByStepLoss(), losses.StepByStepLoss.alpha = %ALPHA)')
 
 
 def weighted_cross_entropy(logits: Array, targets: Array, weights: Optional[Array], *,
                            label_smoothing: float = 0.0, z_loss: float = 0.0,
-                           loss_normalizing_factor: Union[None, float, str] = None,
-                           task_ids: Optional[Array] = None
+                           loss_normalizing_factor: Union[None, float, str] = None
                            ) -> tuple[Array, Array, Array]:
   """T5X's `compute_weighted_cross_entropy`: (loss, z_loss, weight_sum)."""
+  _no_per_task_tokens(loss_normalizing_factor)
   if weights is None:
     weights = jnp.ones(targets.shape, jnp.float32)
   weights = weights.astype(jnp.float32)
   tok, zl = token_cross_entropy(logits, targets, z_loss=z_loss,
                                 label_smoothing=label_smoothing)
-  if loss_normalizing_factor == PER_TASK_TOKENS:
-    if task_ids is None:
-      raise ValueError('loss_normalizing_factor=PER_TASK_TOKENS needs the batch feature '
-                       "'decoder_task_ids' (use the paired feature converter)")
-    return (per_task_mean(tok, weights, task_ids), per_task_mean(zl, weights, task_ids),
-            jnp.sum(weights))
   divisor, weights = normalizing_factor(weights, loss_normalizing_factor)
   total = jnp.sum(tok * weights)
   total_z = jnp.sum(zl * weights)
@@ -121,8 +133,7 @@ def weighted_cross_entropy(logits: Array, targets: Array, weights: Optional[Arra
 
 @dataclasses.dataclass(frozen=True)
 class CrossEntropyLoss:
-  """The standard objective; `decoder_loss_weights` carries padding masks and
-  the paired converter's per-token α / (1−α) weights."""
+  """The standard objective; `decoder_loss_weights` carries the padding mask."""
   label_smoothing: float = 0.0
   z_loss: float = 1e-4
   loss_normalizing_factor: Any = NUM_REAL_TARGET_TOKENS
@@ -131,9 +142,47 @@ class CrossEntropyLoss:
     loss, zl, wsum = weighted_cross_entropy(
         logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'),
         label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-        loss_normalizing_factor=self.loss_normalizing_factor,
-        task_ids=batch.get('decoder_task_ids'))
+        loss_normalizing_factor=self.loss_normalizing_factor)
     return loss, {'loss': loss, 'z_loss': zl, 'weight_sum': wsum}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepByStepLoss:
+  """Distilling step-by-step: α·L_label + (1−α)·L_rationale (Hsieh et al. 2023).
+
+  L_label is the mean token cross-entropy (+ z-loss) over the batch's label
+  tokens (`decoder_task_ids` 0, `decoder_loss_weights` > 0) and L_rationale the
+  same over its rationale tokens (task id 1). Both are per-token means over
+  the batch, so the objective does not depend on how the rows were formed
+  (paired rows, packed rows holding pieces of many examples). A batch holding
+  one task only gives that task's mean. Without `decoder_task_ids` every token
+  counts as a label token (plain cross-entropy).
+  """
+  alpha: float = 0.5
+  label_smoothing: float = 0.0
+  z_loss: float = 1e-4
+
+  def __post_init__(self):
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ValueError(f'StepByStepLoss.alpha={self.alpha} must be in [0, 1]')
+
+  def __call__(self, logits: Array, batch: Batch) -> tuple[Array, dict[str, Array]]:
+    targets = batch['decoder_target_tokens']                     # [batch, length]
+    weights = batch.get('decoder_loss_weights')
+    weights = ((targets > 0) if weights is None else weights).astype(jnp.float32)
+    task_ids = batch.get('decoder_task_ids')
+    if task_ids is None:
+      task_ids = jnp.zeros(targets.shape, jnp.int32)
+    tok, zl = token_cross_entropy(logits, targets, z_loss=self.z_loss,
+                                  label_smoothing=self.label_smoothing)
+    task_weights = (self.alpha, 1.0 - self.alpha)
+    loss, means, counts = per_task_mean(tok, weights, task_ids, task_weights)
+    z, _, _ = per_task_mean(zl, weights, task_ids, task_weights)
+    return loss, {'loss': loss, 'z_loss': z, 'weight_sum': jnp.sum(weights),
+                  'label_loss': means[LABEL_TASK_ID],
+                  'rationale_loss': means[RATIONALE_TASK_ID],
+                  'label_tokens': counts[LABEL_TASK_ID],
+                  'rationale_tokens': counts[RATIONALE_TASK_ID]}
 
 
 # ----------------------------------------------------------------------------
@@ -253,14 +302,9 @@ def topk_kl(student_logits: Array, topk_ids: Array, topk_logprobs: Array, mask: 
   return jnp.sum(jnp.where(real, kl * mask, 0.0), axis=-1)
 
 
-def _reduce(per_token: Array, weights: Array, loss_normalizing_factor: Any,
-            task_ids: Optional[Array]) -> Array:
+def _reduce(per_token: Array, weights: Array, loss_normalizing_factor: Any) -> Array:
   """Σ w·x / normaliser, with the same semantics as `weighted_cross_entropy`."""
-  if loss_normalizing_factor == PER_TASK_TOKENS:
-    if task_ids is None:
-      raise ValueError('loss_normalizing_factor=PER_TASK_TOKENS needs the batch feature '
-                       "'decoder_task_ids'")
-    return per_task_mean(per_token, weights, task_ids)
+  _no_per_task_tokens(loss_normalizing_factor)
   divisor, weights = normalizing_factor(weights, loss_normalizing_factor)
   total = jnp.sum(per_token * weights)
   return total if divisor is None else total / divisor
@@ -301,8 +345,7 @@ class TopKDistillLoss:
       loss, zl, wsum = weighted_cross_entropy(
           logits, batch['decoder_target_tokens'], batch.get('decoder_loss_weights'),
           label_smoothing=self.label_smoothing, z_loss=self.z_loss,
-          loss_normalizing_factor=self.loss_normalizing_factor,
-          task_ids=batch.get('decoder_task_ids'))
+          loss_normalizing_factor=self.loss_normalizing_factor)
       return loss, {'loss': loss, 'cross_entropy': loss - zl, 'z_loss': zl, 'weight_sum': wsum}
     for f in ('decoder_topk_ids', 'decoder_topk_logprobs'):
       if f not in batch:
@@ -327,11 +370,10 @@ class TopKDistillLoss:
       kl_tok = kl_tok * self.student_temperature ** 2
     ce_tok, zl_tok = token_cross_entropy(logits, targets, z_loss=self.z_loss,
                                          label_smoothing=self.label_smoothing)
-    task_ids = batch.get('decoder_task_ids')
     norm = self.loss_normalizing_factor
-    kl = _reduce(kl_tok, weights, norm, task_ids)
-    ce = _reduce(ce_tok - zl_tok, weights, norm, task_ids)
-    zl = _reduce(zl_tok, weights, norm, task_ids)
+    kl = _reduce(kl_tok, weights, norm)
+    ce = _reduce(ce_tok - zl_tok, weights, norm)
+    zl = _reduce(zl_tok, weights, norm)
     loss = self.kl_weight * kl + (1.0 - self.kl_weight) * ce + zl
     teacher_top1 = jnp.take_along_axis(
         batch['decoder_topk_ids'], jnp.argmax(batch['decoder_topk_logprobs'], axis=-1)[..., None],

@@ -42,8 +42,7 @@ class ProjectLossEncoderDecoderModel(t5x_models.EncoderDecoderModel):
       `losses.CrossEntropyLoss(label_smoothing, z_loss, loss_normalizing_factor)`.
       When given, `label_smoothing` / `z_loss` / `loss_normalizing_factor` are
       those of `loss_fn` (the three arguments are then ignored).
-    loss_normalizing_factor: a number, None, or one of `losses.NORMALIZERS`
-      (including the project's `'PER_TASK_TOKENS'`).
+    loss_normalizing_factor: a number, None, or one of `losses.NORMALIZERS`.
   """
 
   def __init__(self, module, input_vocabulary: seqio.Vocabulary,
@@ -115,21 +114,19 @@ class ProjectLossEncoderDecoderModel(t5x_models.EncoderDecoderModel):
 class SbsEncoderDecoderModel(ProjectLossEncoderDecoderModel):
   """Distilling step-by-step: the exact α·L_label + (1−α)·L_rationale objective.
 
-  The paired converter (`PairedFeatureConverter`) emits `decoder_loss_weights`
-  α on label tokens and 1−α on rationale tokens and `decoder_task_ids`
-  (0 label, 1 rationale); `loss_normalizing_factor='PER_TASK_TOKENS'` divides
-  each task's weighted token sum by that task's own token count
-  (`losses.per_task_mean`). Logs `label_loss` / `rationale_loss` (unweighted
-  per-token CE of each task).
+  The paired converter (`PairedFeatureConverter`) tags each target token with
+  `decoder_task_ids` (0 label, 1 rationale); the loss is
+  `losses.StepByStepLoss` (gin: `loss_fn = %LOSS_FN`, α its `alpha`; default
+  `StepByStepLoss()`), per-task token means over the batch weighted α and
+  1−α. Logs `label_loss` / `rationale_loss` (per-token CE of each task).
   """
 
   FEATURE_CONVERTER_CLS = feature_converters.PairedFeatureConverter
 
-  def __init__(self, module, input_vocabulary, output_vocabulary, optimizer_def,
-               loss_normalizing_factor: Union[None, float, str] = losses.PER_TASK_TOKENS,
-               **kwargs):
-    super().__init__(module, input_vocabulary, output_vocabulary, optimizer_def,
-                     loss_normalizing_factor=loss_normalizing_factor, **kwargs)
+  def _default_loss_fn(self, label_smoothing, z_loss, loss_normalizing_factor
+                       ) -> losses.LossFn:
+    del loss_normalizing_factor  # per-task token means
+    return losses.StepByStepLoss(label_smoothing=label_smoothing, z_loss=z_loss)
 
   def _extra_metrics(self, logits: Array, batch: Batch) -> dict[str, Any]:
     task_ids = batch.get('decoder_task_ids')

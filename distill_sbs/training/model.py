@@ -102,6 +102,7 @@ class EncoderDecoderModel:
     loss, metrics = self._loss_fn(logits, batch)
     metrics = dict(metrics)
     metrics.update(token_accuracy_sums(logits, batch))
+    metrics.update(slot_efficiency(batch))
     return loss, metrics
 
   # --------------------------------------------------------------------------
@@ -143,6 +144,14 @@ class EncoderDecoderModel:
       return int(self.max_decode_length)
     raise ValueError('predict_batch: the batch has no decoder_target_tokens; set '
                      'EncoderDecoderModel.max_decode_length')
+
+
+def slot_efficiency(batch: Batch) -> dict[str, Array]:
+  """Fractions of the batch's encoder and decoder slots that hold real tokens
+  (1.0: no padding); packing raises them."""
+  return {f'{side}_slot_efficiency': jnp.mean(batch[key] > 0).astype(jnp.float32)
+          for side, key in (('encoder', 'encoder_input_tokens'),
+                            ('decoder', 'decoder_target_tokens'))}
 
 
 def token_accuracy_sums(logits: Array, batch: Batch) -> dict[str, Array]:

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 from distill_sbs.data import schema, topk
 from distill_sbs.data import vocab as vocab_lib
@@ -51,8 +52,6 @@ def test_task_and_converter_align_topk_with_targets(tmp_path):
     np.testing.assert_array_equal(row['decoder_loss_weights'], np.arange(7) < n)
     np.testing.assert_array_equal(row['decoder_input_tokens'][1:n], row['decoder_target_tokens'][:n - 1])
     assert row['encoder_input_tokens'][len(rec['inputs'])] == VOCAB.eos_id
-  with pytest.raises(ValueError, match='packing'):
-    topk.TopKFeatureConverter(pack=True)
 
 
 def test_mismatched_vocabulary_is_refused_naming_both(tmp_path):
@@ -134,3 +133,29 @@ def test_first_plus_rationale_mixture_keeps_topk_and_one_hot_rationales(tmp_path
   batch = {k: jnp.asarray(v[None]) for k, v in ex.items()}
   _, m = losses.TopKDistillLoss(rest_bucket=True, z_loss=0.0)(logits, batch)
   np.testing.assert_allclose(float(m['kl']), float(m['cross_entropy']), rtol=1e-4)
+
+
+def test_packed_topk_rows_sit_on_their_tokens():
+  """Packing carries each token's k entries with it (expected rows by hand),
+  including an id 0 and a log-prob of exactly 0 inside a row."""
+  exs = [{'inputs': [5, 1], 'targets': [9, 1],
+          'teacher_topk_ids': [[9, 0, 3], [1, 4, 5]],
+          'teacher_topk_logprobs': [[0.0, -2, -3], [-0.2, -3, -4]]},
+         {'inputs': [6, 7, 1], 'targets': [8, 7, 1],
+          'teacher_topk_ids': [[8, 2, 3], [7, 4, 5], [1, 2, 3]],
+          'teacher_topk_logprobs': [[-0.3, -2, -3], [-0.4, -3, -4], [-0.5, -1, -2]]}]
+  sig = {'inputs': tf.TensorSpec([None], tf.int32), 'targets': tf.TensorSpec([None], tf.int32),
+         'teacher_topk_ids': tf.TensorSpec([None, 3], tf.int32),
+         'teacher_topk_logprobs': tf.TensorSpec([None, 3], tf.float32)}
+  ds = tf.data.Dataset.from_generator(lambda: iter(exs), output_signature=sig)
+  rows = list(topk.TopKFeatureConverter(pack=True)(ds, {'inputs': 6, 'targets': 6})
+              .as_numpy_iterator())
+  assert len(rows) == 1
+  r = rows[0]
+  np.testing.assert_array_equal(r['decoder_target_tokens'], [9, 1, 8, 7, 1, 0])
+  np.testing.assert_array_equal(r['decoder_segment_ids'], [1, 1, 2, 2, 2, 0])
+  np.testing.assert_array_equal(r['decoder_topk_ids'], [
+      [9, 0, 3], [1, 4, 5], [8, 2, 3], [7, 4, 5], [1, 2, 3], [0, 0, 0]])
+  np.testing.assert_allclose(r['decoder_topk_logprobs'], [
+      [0, -2, -3], [-0.2, -3, -4], [-0.3, -2, -3], [-0.4, -3, -4], [-0.5, -1, -2],
+      [0, 0, 0]], rtol=1e-7)

@@ -110,11 +110,10 @@ def test_method_files_import_tasks_and_bind_t5x_compat_classes():
     for inc in _includes(path):
       assert inc in T5X_RUNS or (REPO / inc).is_file(), f'{path.name}: missing {inc}'
   sbs = (T5X_DIR / 'sbs_llm.gin').read_text()
-  assert "LOSS_NORMALIZING_FACTOR = 'PER_TASK_TOKENS'" in sbs
+  assert 'LOSS_FN = @losses.StepByStepLoss()' in sbs and '  alpha = %ALPHA' in sbs
   assert 'FEATURE_CONVERTER = @t5x_compat.PairedFeatureConverter' in sbs
   for text in (sbs, (T5X_DIR / 'first.gin').read_text()):
-    assert 'train/utils.DatasetConfig.pack = False' in text
-    assert 'train_eval/utils.DatasetConfig.pack = False' in text
+    assert 'pack = False' not in text  # packed, as T5X's default
   assert "include 'gin/methods/first.gin'" in (T5X_DIR / 'first.gin').read_text()
 
 

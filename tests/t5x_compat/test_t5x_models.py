@@ -32,7 +32,7 @@ def _optimizer():
                              logical_factor_rules=adafactor.standard_logical_factor_rules())
 
 
-def _paired_batch(alpha=ALPHA, lengths=(10, 8)):
+def _paired_batch(lengths=(10, 8)):
   """Two examples through the real PairedFeatureConverter -> 4 rows."""
   rng = np.random.RandomState(0)
 
@@ -45,7 +45,7 @@ def _paired_batch(alpha=ALPHA, lengths=(10, 8)):
   ds = tf.data.Dataset.from_generator(
       lambda: iter(exs), output_signature={
           k: tf.TensorSpec([None], tf.int32) for k in exs[0]})
-  conv = t5x_compat.PairedFeatureConverter(pack=False, alpha=alpha)
+  conv = t5x_compat.PairedFeatureConverter(pack=False)
   out = conv(ds, {'inputs': lengths[0], 'targets': lengths[1]})
   for k, spec in out.element_spec.items():
     assert spec.shape.is_fully_defined(), (k, spec)  # T5X sizes the model from it
@@ -62,23 +62,19 @@ def _shapes(batch):
   return {k: v.shape for k, v in batch.items()}
 
 
-def test_paired_converter_rows_and_pack_error():
+def test_paired_converter_rows():
   b = _paired_batch()
   assert b['encoder_input_tokens'].shape == (4, 10)
   np.testing.assert_array_equal(b['decoder_task_ids'][:, 0], [0, 1, 0, 1])
   real = b['decoder_target_tokens'] > 0
-  np.testing.assert_allclose(b['decoder_loss_weights'][0][real[0]], ALPHA)
-  np.testing.assert_allclose(b['decoder_loss_weights'][1][real[1]], 1 - ALPHA)
-  assert (b['decoder_loss_weights'][~real] == 0).all()
-  with pytest.raises(ValueError, match=r'train/utils.DatasetConfig.pack = False'):
-    t5x_compat.PairedFeatureConverter(pack=True)
-  with pytest.raises(ValueError, match=r'DatasetConfig.pack = False'):
-    t5x_compat.TopKFeatureConverter(pack=True)
+  np.testing.assert_array_equal(b['decoder_loss_weights'], real)  # 0/1: α is the loss's
+  assert t5x_compat.PairedFeatureConverter(pack=True).pack  # T5X's default packs
+  assert t5x_compat.TopKFeatureConverter(pack=True).pack
 
 
 def test_sbs_loss_is_exact_alpha_objective():
   batch = _paired_batch()
-  model = _model(z_loss=0.0)
+  model = _model(loss_fn=losses.StepByStepLoss(alpha=ALPHA, z_loss=0.0))
   variables = model.get_initial_variables(jax.random.PRNGKey(0), _shapes(batch))
   params = variables['params']
   loss, metrics = model.loss_fn(params, batch, None)
@@ -97,7 +93,7 @@ def test_sbs_loss_is_exact_alpha_objective():
   np.testing.assert_allclose(float(metrics['distill_sbs/rationale_loss'].compute()),
                              ce[rat].mean(), rtol=1e-5)
   # Same number as the project's own trainer loss.
-  ref, _ = losses.CrossEntropyLoss(z_loss=0.0, loss_normalizing_factor='PER_TASK_TOKENS')(
+  ref, _ = losses.StepByStepLoss(alpha=ALPHA, z_loss=0.0)(
       jnp.asarray(logits, jnp.float32), batch)
   np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
 

@@ -76,8 +76,7 @@ def test_every_run_file_builds_its_t5x_model(t5x_gin, tmp_path, monkeypatch):
     seqio.get_mixture_or_task(t5x_gin.query_parameter('%MIXTURE_OR_TASK_NAME'))
     conv = model.FEATURE_CONVERTER_CLS(pack=False, use_custom_packing_ops=False)
     if kind == 'sbs':
-      assert conv.alpha == 0.3
-      assert model.project_loss_fn.loss_normalizing_factor == 'PER_TASK_TOKENS'
+      assert model.project_loss_fn.alpha == 0.3
     elif kind == 'first':
       assert isinstance(conv, t5x_compat.TopKFeatureConverter)
       assert model.project_loss_fn.teacher_temperature == 1.7
@@ -110,8 +109,7 @@ def test_t5x_train_sbs_cqa_tiny(tmp_path, raw_dir):
   assert all(np.isfinite(l) for _, l in losses)
   assert losses[-1][1] < losses[0][1] - 0.3, losses  # the α objective falls
   config = (model_dir / 'config.gin').read_text()
-  assert "loss_normalizing_factor = %LOSS_NORMALIZING_FACTOR" in config
-  assert "LOSS_NORMALIZING_FACTOR = 'PER_TASK_TOKENS'" in config
+  assert "LOSS_FN = @losses.StepByStepLoss()" in config
   # Into the project's checkpoint layout, parameters unchanged.
   from distill_sbs.t5x_compat import checkpoints as conv  # pylint: disable=g-import-not-at-top
   from distill_sbs.models import checkpoint_formats as project_checkpoints  # pylint: disable=g-import-not-at-top
