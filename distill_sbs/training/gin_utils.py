@@ -13,6 +13,8 @@ import gin
 from absl import app
 from absl import flags
 
+from distill_sbs.training import config_checks
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _FLAGS_DEFINED = False
@@ -89,14 +91,15 @@ def check_required_macros(names: Optional[Sequence[str]] = None) -> None:
   missing = sorted(set(missing))
   if missing:
     hint = ' '.join(f'--gin.{n}=...' for n in missing)
-    raise ValueError(f'required gin macro(s) not set: {", ".join(missing)} '
+    raise config_checks.ConfigError(f'required gin macro(s) not set: {", ".join(missing)} '
                      f'(pass e.g. {hint})')
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
               gin_search_paths: Sequence[str] = ('.',), check_required: bool = True
-              ) -> None:
-  """Parses files + bindings (bindings win), then checks required macros."""
+              ) -> tuple[list[str], list[str]]:
+  """Parses files + bindings (bindings win), then checks required macros;
+  returns (the files found, the search paths)."""
   paths = [os.path.abspath(p) for p in gin_search_paths] + [REPO_ROOT]
   for p in paths:
     gin.add_config_file_search_path(p)
@@ -114,11 +117,17 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = (),
   gin.parse_config_files_and_bindings(files, list(gin_bindings), finalize_config=False)
   if check_required:
     check_required_macros()
+  return files, paths
 
 
 def parse_gin_flags(check_required: bool = True) -> None:
+  """`parse_gin` of the flags; a command-line macro that nothing references or
+  whose type differs from the files' fails (`config_checks.check_macro_bindings`)."""
   f = flags.FLAGS
-  parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths, check_required)
+  files, paths = parse_gin(f.gin_file, f.gin_bindings, f.gin_search_paths, False)
+  config_checks.check_macro_bindings(f.gin_bindings, files, paths)
+  if check_required:
+    check_required_macros()
 
 
 def write_config(model_dir: str, name: str = 'config.gin') -> Optional[str]:
@@ -161,6 +170,8 @@ def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = N
     try:
       return main(args)
     except FloatingPointError as e:  # non-finite training / export: no traceback
+      raise SystemExit(f'error: {_first_line(e)}') from e
+    except config_checks.ConfigError as e:  # configuration mistakes, before any work
       raise SystemExit(f'error: {_first_line(e)}') from e
   app.run(guarded, argv=list(argv) if argv is not None else None, flags_parser=parse)
 

@@ -19,6 +19,7 @@ from absl import logging
 
 from distill_sbs.models import checkpoint_formats
 from distill_sbs.training import checkpoints as ckpt_lib
+from distill_sbs.training import config_checks
 from distill_sbs.training import evaluation
 from distill_sbs.training import input_pipeline
 from distill_sbs.training import metrics_logging
@@ -84,6 +85,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
           async_checkpointing: bool = True, log_period: int = 100,
           progress_bar: Optional[bool] = None,
           skip_nonfinite_updates: bool = False,
+          allow_truncation: bool = False, length_check_examples: int = 1000,
           train_batches: Optional[Iterable[Mapping[str, np.ndarray]]] = None
           ) -> tuple[ts_lib.TrainState, trainer_lib.Trainer]:
   """Trains `model`; returns (final state, trainer).
@@ -94,6 +96,10 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
   `trainer.NonFiniteError` before anything of it is saved, unless
   `skip_nonfinite_updates` (then such updates are skipped and counted in the
   `nonfinite_skipped` metric).
+  Before any work: a paired task needs an even per-host batch, the first
+  `length_check_examples` training examples must fit `task_feature_lengths`
+  (unless `allow_truncation`), and a Hugging Face `initial_checkpoint_path`
+  must match the model gin (`config_checks`).
   """
   if total_steps is None or int(total_steps) < 0:
     raise ValueError(f'train.total_steps (TRAIN_STEPS) must be >= 0, got {total_steps!r}')
@@ -104,6 +110,12 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
   rules = mesh_config.logical_axis_rules()
   logging.info('mesh %s over %d devices / %d processes', dict(mesh.shape),
                jax.device_count(), jax.process_count())
+
+  if initial_checkpoint_path and hasattr(getattr(model, 'module', None), 'config'):
+    config_checks.check_hf_config(os.path.abspath(os.path.expanduser(
+        initial_checkpoint_path)), model.module.config)
+  if train_batches is None:
+    _check_config(model, train_dataset_cfg, allow_truncation, length_check_examples)
 
   # Data.
   if train_batches is None:
@@ -197,6 +209,19 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     ckpt.close()
     logger.close()
   return state, trainer
+
+
+def _check_config(model: Any, cfg: input_pipeline.DatasetConfig, allow_truncation: bool,
+                  num_examples: int) -> None:
+  """The training data's configuration checks (see `config_checks`)."""
+  del model
+  config_checks.check_paired_batch(cfg.mixture_or_task_name, cfg.batch_size,
+                                   jax.process_count(), bool(cfg.pack))
+  input_pipeline.import_task_module(cfg.module)
+  config_checks.check_lengths(
+      cfg.mixture_or_task_name, cfg.task_feature_lengths, split=cfg.split,
+      num_examples=num_examples, allow_truncation=allow_truncation,
+      use_cached=cfg.use_cached, report=_status)
 
 
 def _status(msg: str) -> None:

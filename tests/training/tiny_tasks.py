@@ -33,11 +33,11 @@ def _rows(n: int):
   return out
 
 
-def _dataset(split, shuffle_files=False, seed=None, n=NUM_ROWS):
+def _dataset(split, shuffle_files=False, seed=None, n=NUM_ROWS, prefix=''):
   del split, shuffle_files, seed
   rows = _rows(n)
   return tf.data.Dataset.from_tensor_slices(
-      {'inputs': [r[0] for r in rows], 'targets': [r[1] for r in rows]})
+      {'inputs': [prefix + r[0] for r in rows], 'targets': [r[1] for r in rows]})
 
 
 def exact_match(targets, predictions):
@@ -45,13 +45,13 @@ def exact_match(targets, predictions):
   return {'exact_match': 100.0 * correct / max(len(targets), 1)}
 
 
-def register(name: str = 'test_cqa_32', n: int = NUM_ROWS) -> str:
+def register(name: str = 'test_cqa_32', n: int = NUM_ROWS, prefix: str = '') -> str:
   if name in seqio.TaskRegistry.names():
     return name
   features = {k: seqio.Feature(VOCAB, add_eos=True) for k in ('inputs', 'targets')}
   seqio.TaskRegistry.add(
       name,
-      source=seqio.FunctionDataSource(functools.partial(_dataset, n=n),
+      source=seqio.FunctionDataSource(functools.partial(_dataset, n=n, prefix=prefix),
                                       splits=('train', 'validation'),
                                       num_input_examples={'train': n, 'validation': n}),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
@@ -60,3 +60,4 @@ def register(name: str = 'test_cqa_32', n: int = NUM_ROWS) -> str:
 
 
 register()
+register('test_cqa_32_predict', prefix='predict: ')  # inputs with a task prefix

@@ -85,7 +85,7 @@ include 't5x_configs/runs/finetune.gin'
 from distill_sbs.training import input_pipeline
 from distill_sbs.training import evaluation
 MIXTURE_OR_TASK_NAME = 'test_cqa_32'
-TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 16}
+TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 24}
 BATCH_SIZE = 8
 DROPOUT_RATE = 0.0
 LEARNING_RATE = 0.01
