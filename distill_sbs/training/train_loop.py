@@ -152,7 +152,8 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
   start = int(jax.device_get(state.step))
   data_iter = make_iter(position)
 
-  logger = metrics_logging.MetricsLogger(model_dir, total_steps, start, progress_bar)
+  logger = metrics_logging.MetricsLogger(model_dir, total_steps, start, progress_bar,
+                                         resume_step=start)
   evaluator = predictor = None
 
   def run_eval(step: int) -> dict[str, float]:
