@@ -7,7 +7,10 @@ DIR: a records directory (reads `{split}.tfrecord-*-of-*`, writes DIR/manifest.j
 otherwise a file pattern (the manifest beside the files is updated). The gold
 tokens are each record's `teacher_target_ids` when the record's
 `teacher_topk_field` is `--gold_field` (the teacher scored the gold target);
-`--gold_field=any` takes every record with a top-k. Prints the teacher's
+`--gold_field=any` takes every record with a top-k; `--gold_field=llm_output`
+the teacher's own completions (HTTP teachers; carried top-k of another
+tokenizer: rows without a carried distribution, i.e. weight 0 or ULD, are
+left out). Prints the teacher's
 token-level ECE before and after scaling; the trainer reads T back with
 `distill_sbs.distill.temperature.read_teacher_temperature`.
 
@@ -58,6 +61,10 @@ def load_gold_topk(pattern: str, gold_field: str = 'label'
     if tgt.shape[0] != i.shape[0]:
       raise ValueError(f"record {rec['id']!r} in {pattern}: {tgt.shape[0]} teacher_target_ids "
                        f'but {i.shape[0]} top-k rows')
+    # Cross-tokenizer rows that carry no distribution (all absent, or ULD rows: ids all 0).
+    keep = (lp > -1e3).any(1) & (i != 0).any(1)
+    stats['rows_without_topk'] = stats.get('rows_without_topk', 0) + int((~keep).sum())
+    i, lp, tgt = i[keep], lp[keep], tgt[keep]
     if ids and i.shape[1] != ids[0].shape[1]:
       raise ValueError(f"record {rec['id']!r} in {pattern}: k={i.shape[1]} differs from "
                        f'k={ids[0].shape[1]} of earlier records')

@@ -13,6 +13,13 @@ JSON-lines file (`--input_jsonl`, one object per line with `inputs` or the raw
 row fields, optional `id` and `label`). Output in `--out_dir`:
 `{split}.tfrecord-*` (the project's record schema), `manifest.json`,
 `failures.jsonl`, `config.gin`. Rerunning the same command resumes.
+
+A served LLM in another tokenizer than the student's (vLLM / SGLang with
+`--max-logprobs` >= k): `--top_logprobs=5` asks for its top-5 per token, and
+the records store it carried onto the student's vocabulary (`--student_spm_path`
+or the project vocabulary; `--teacher_tokenizer` names the teacher's in the
+manifest; `--carry_mismatch=zero|uld` for positions that do not align one to
+one). See docs/cross_tokenizer.md.
 `--copy_splits=validation,test` copies those prepared splits unchanged, so DIR
 is a complete records dir: `distill_sbs.tasks.sbs.register_sbs_tasks(ds,
 records_dir=DIR, prefix='sbs_myteacher')` trains on it with no conversion
@@ -66,6 +73,14 @@ flags.DEFINE_float('timeout', 30.0, 'Per-request timeout (s).')
 flags.DEFINE_boolean('samples_via_n', True, 'HTTP: one request with n= for the samples.')
 flags.DEFINE_boolean('logprob_token_ids', False,
                      'vLLM: ask for token ids in logprobs and store top-k in the records.')
+flags.DEFINE_boolean('carry_topk', True, 'HTTP top-k in the teacher\'s own tokenizer: carry '
+                     'it onto the student vocabulary (data/cross_tokenizer.py).')
+flags.DEFINE_string('teacher_tokenizer', None, 'Name of the teacher tokenizer (manifest).')
+flags.DEFINE_enum('carry_mismatch', None, ['zero', 'uld'],
+                  'Positions not aligned one to one: loss weight 0 or the ULD loss.')
+flags.DEFINE_integer('carry_k', None, 'Top-k rows stored per student token (default 5).')
+flags.DEFINE_string('student_spm_path', None, 'Student SentencePiece model for the carry '
+                    '(default: the project vocabulary).')
 flags.DEFINE_string('checkpoint', None, 'Local teacher: HF directory or our checkpoint dir.')
 flags.DEFINE_integer('batch_size', 16, 'Local teacher batch size.')
 flags.DEFINE_integer('topk', 5, 'Local teacher: top-k stored per target token.')
@@ -84,7 +99,10 @@ _HTTP_FLAGS = ('base_url', 'model', 'api_key_env', 'concurrency', 'timeout',
                'samples_via_n', 'logprob_token_ids')
 _LOCAL_FLAGS = ('checkpoint', 'model', 'batch_size', 'topk', 'max_input_length',
                 'model_parallel')
-_RENAME = {'topk': 'k'}
+_CARRY_FLAGS = ('carry_topk', 'teacher_tokenizer', 'carry_mismatch', 'carry_k',
+                'student_spm_path')
+_RENAME = {'topk': 'k', 'carry_topk': 'enabled', 'carry_mismatch': 'mismatch',
+           'carry_k': 'k'}
 
 
 def _given(names) -> dict:
@@ -95,7 +113,7 @@ def _given(names) -> dict:
 def _flags_header() -> str:
   """The command-line flags as gin comments (they override the bindings below)."""
   names = dict.fromkeys(('backend',) + _GEN_FLAGS + _SAMPLING_FLAGS + _HTTP_FLAGS
-                        + _LOCAL_FLAGS + ('gin_file', 'gin_bindings'))
+                        + _LOCAL_FLAGS + _CARRY_FLAGS + ('gin_file', 'gin_bindings'))
   lines = [f'#   --{n}={F[n].value!r}' for n in names if F[n].present]
   return '# Command-line flags (override the bindings below):\n' + '\n'.join(lines) + '\n\n'
 
@@ -123,7 +141,8 @@ def main(argv) -> int:
   sampling = base.SamplingConfig(**_given(_SAMPLING_FLAGS))
   backend = build_backend(F.backend)
   try:
-    manifest = generation.run(config, backend, sampling)
+    manifest = generation.run(config, backend, sampling,
+                              generation.CarryConfig(**_given(_CARRY_FLAGS)))
   except KeyboardInterrupt:
     print('\ninterrupted: finished parts are kept; rerun the same command to '
           'resume.', file=sys.stderr)

@@ -437,3 +437,60 @@ def carry_topk(student_vocab: Any, student_target_ids: Sequence[int],
 def is_uld_row(topk_ids: np.ndarray, topk_logprobs: np.ndarray) -> np.ndarray:
   """bool [...]: rows `mismatch='uld'` wrote (all ids 0, some entry present)."""
   return np.all(topk_ids == 0, -1) & np.any(topk_logprobs > ABSENT_LOGPROB / 10, -1)
+
+
+# ------------------------------------------------- compact raw teacher top-k
+
+_RAW_MAGIC = b'XTK1'
+
+
+def encode_teacher_topk(tokens: Sequence[bytes],
+                        topk: Sequence[Sequence[tuple[bytes, float]]]) -> bytes:
+  """The teacher's own tokens and top-k, compactly: a string table of the
+  distinct token / alternative bytes, then uint16 (or uint32) indices
+  [T] + [T, k] and float16 log-probs [T, k] (absent: index of b'' and −1e4).
+
+  Layout: magic 'XTK1', uint32 n_strings, T, k, index width (2 | 4);
+  uint32 [n_strings] lengths; the strings; token indices; alt indices; log-probs.
+  """
+  table: dict[bytes, int] = {b'': 0}
+  intern = lambda b: table.setdefault(bytes(b), len(table))  # noqa: E731
+  T = len(tokens)
+  k = max((len(a) for a in topk), default=0)
+  tok_idx = np.asarray([intern(t) for t in tokens], np.int64)
+  alt_idx = np.zeros((T, k), np.int64)
+  lps = np.full((T, k), ABSENT_LOGPROB, np.float32)
+  for i, alts in enumerate(topk):
+    for j, (a, lp) in enumerate(alts):
+      alt_idx[i, j], lps[i, j] = intern(a), max(float(lp), ABSENT_LOGPROB)
+  strings = list(table)
+  width = 2 if len(strings) <= 65536 else 4
+  dt = '<u2' if width == 2 else '<u4'
+  header = np.asarray([len(strings), T, k, width], '<u4').tobytes()
+  lengths = np.asarray([len(s) for s in strings], '<u4').tobytes()
+  return b''.join([_RAW_MAGIC, header, lengths, *strings, tok_idx.astype(dt).tobytes(),
+                   alt_idx.astype(dt).tobytes(), lps.astype('<f2').tobytes()])
+
+
+def decode_teacher_topk(blob: bytes) -> tuple[list[bytes], list[list[tuple[bytes, float]]]]:
+  """Inverse of `encode_teacher_topk` (absent alternatives dropped)."""
+  if blob[:4] != _RAW_MAGIC:
+    raise ValueError('not an encoded teacher top-k (magic XTK1 missing)')
+  n, T, k, width = np.frombuffer(blob, '<u4', 4, 4).tolist()
+  pos = 20
+  lengths = np.frombuffer(blob, '<u4', n, pos).tolist()
+  pos += 4 * n
+  strings = []
+  for ln in lengths:
+    strings.append(bytes(blob[pos:pos + ln]))
+    pos += ln
+  dt = '<u2' if width == 2 else '<u4'
+  tok_idx = np.frombuffer(blob, dt, T, pos)
+  pos += width * T
+  alt_idx = np.frombuffer(blob, dt, T * k, pos).reshape(T, k)
+  pos += width * T * k
+  lps = np.frombuffer(blob, '<f2', T * k, pos).reshape(T, k).astype(np.float32)
+  tokens = [strings[i] for i in tok_idx]
+  topk = [[(strings[a], float(lp)) for a, lp in zip(alt_idx[i], lps[i])
+           if lp > ABSENT_LOGPROB / 10] for i in range(T)]
+  return tokens, topk

@@ -11,6 +11,10 @@ Optional teacher fields (filled by the teacher / FIRST pipeline):
   teacher_topk_logprobs  bytes          [L, k] little-endian float16 log-probs
   teacher_topk_id_dtype  bytes          'uint16' | 'uint32'
   teacher_vocab_hash     bytes          sha256 of the teacher's SentencePiece model
+                                        (cross-tokenizer: of the student's, which the
+                                        carried ids index)
+  teacher_tokens_raw     bytes          the teacher's own tokens and top-k in its
+                                        tokenizer (`cross_tokenizer.encode_teacher_topk`)
   vote_share             float          self-consistency vote share (1.0 when n=1)
 """
 from __future__ import annotations
@@ -28,7 +32,8 @@ TOPK_FIELDS = ('teacher_topk_field', 'teacher_target_ids', 'teacher_topk_k',
                'teacher_topk_id_dtype', 'teacher_vocab_hash')
 _BYTES_OPTIONAL = ('teacher_topk_field', 'teacher_topk_ids',
                    'teacher_topk_logprobs', 'teacher_topk_id_dtype',
-                   'teacher_vocab_hash')
+                   'teacher_vocab_hash', 'teacher_tokens_raw')
+_RAW_BYTES = ('teacher_topk_ids', 'teacher_topk_logprobs', 'teacher_tokens_raw')
 
 
 def feature_description() -> dict[str, Any]:
@@ -125,7 +130,7 @@ def from_example(serialized: bytes) -> dict[str, Any]:
   for name in _BYTES_OPTIONAL:
     if name in f:
       v = f[name].bytes_list.value[0]
-      out[name] = v if name in ('teacher_topk_ids', 'teacher_topk_logprobs') else v.decode('utf-8')
+      out[name] = v if name in _RAW_BYTES else v.decode('utf-8')
   if 'teacher_target_ids' in f:
     out['teacher_target_ids'] = np.asarray(f['teacher_target_ids'].int64_list.value, np.int64)
   out['teacher_topk_k'] = int(f['teacher_topk_k'].int64_list.value[0]) if 'teacher_topk_k' in f else 0

@@ -56,6 +56,9 @@ class Completion:
   tokens: Optional[list[str]] = None
   token_logprobs: Optional[list[float]] = None
   top_logprobs: Optional[list[list[tuple[str, float]]]] = None
+  # Chat responses: the UTF-8 bytes of each token / alternative (None where unsent).
+  token_bytes: Optional[list[Optional[list[int]]]] = None
+  top_bytes: Optional[list[list[Optional[list[int]]]]] = None
   target_ids: Optional[np.ndarray] = None
   topk_ids: Optional[np.ndarray] = None
   topk_logprobs: Optional[np.ndarray] = None

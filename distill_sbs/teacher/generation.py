@@ -10,6 +10,13 @@
   4. writes `{split}.tfrecord-*` (atomically, input order, one record per id)
      and `manifest.json` (counts, parse failures, teacher accuracy, backend,
      model, prompt hash, sampling, wall time, tokens/s).
+
+Top-k from an HTTP teacher (`--top_logprobs=k`): token ids of the student's
+own vocabulary ('token_id:N', vLLM) are stored as they are; otherwise the
+teacher's tokens and alternatives (its own tokenizer) are carried onto the
+student's vocabulary by `data.cross_tokenizer.carry_topk` (`CarryConfig`), the
+raw teacher top-k is kept in `teacher_tokens_raw` and the manifest's
+`cross_tokenizer` entry names the teacher tokenizer and what survived.
 """
 from __future__ import annotations
 
@@ -28,8 +35,10 @@ import gin
 import numpy as np
 import tqdm
 
+from distill_sbs.data import cross_tokenizer
 from distill_sbs.data import paths
 from distill_sbs.data import schema
+from distill_sbs.data import vocab as vocab_lib
 from distill_sbs.distill import io_utils
 from distill_sbs.teacher import inputs as inputs_lib
 from distill_sbs.teacher import prompts as prompts_lib
@@ -76,6 +85,73 @@ class GenerationConfig:
       raise ValueError(f'--max_examples must be >= 0, got {self.max_examples}')
 
 
+@gin.configurable(module='distill_sbs.teacher')
+@dataclasses.dataclass(frozen=True)
+class CarryConfig:
+  """Cross-tokenizer top-k: an HTTP teacher's top-k in its own tokenizer carried
+  onto the student's vocabulary (`data/cross_tokenizer.py`)."""
+  enabled: bool = True
+  teacher_tokenizer: str = ''        # named in the manifest (e.g. 'Qwen/Qwen2.5-7B-Instruct')
+  convention: str = 'auto'           # 'auto' | 'text' | 'sentencepiece' | 'byte_bpe'
+  mismatch: str = 'zero'             # not one-to-one positions: 'zero' | 'uld'
+  k: int = 5                         # student top-k rows
+  student_spm_path: Optional[str] = None  # default: data.vocab.get_vocabulary()
+  keep_raw: bool = True              # store the teacher's own top-k (teacher_tokens_raw)
+
+  def __post_init__(self):
+    if self.mismatch not in cross_tokenizer.MISMATCH_MODES:
+      raise ValueError(f'CarryConfig.mismatch={self.mismatch!r}: expected one of '
+                       f'{cross_tokenizer.MISMATCH_MODES}')
+    if self.convention not in ('auto',) + cross_tokenizer.CONVENTIONS:
+      raise ValueError(f'CarryConfig.convention={self.convention!r}')
+    if self.k < 1:
+      raise ValueError(f'CarryConfig.k must be >= 1, got {self.k}')
+
+
+class Carrier:
+  """Applies a `CarryConfig` with the student vocabulary resolved once."""
+
+  def __init__(self, config: CarryConfig, vocabulary=None):
+    self.config = config
+    self.vocab = vocabulary or vocab_lib.get_vocabulary(config.student_spm_path)
+    self.sv = cross_tokenizer.student_vocab(self.vocab)
+    self.vocab_hash = vocab_lib.vocab_hash(self.vocab)
+
+  def fields(self, c: Completion, stop: Sequence[str] = ()
+             ) -> Optional[tuple[dict[str, Any], dict[str, Any]]]:
+    """(record fields, stats) of one completion with string-token log-probs."""
+    if not c.tokens or not c.top_logprobs:
+      return None
+    cfg = self.config
+    tok, top, conv = cross_tokenizer.decode_teacher_tokens(
+        c.tokens, c.top_logprobs, c.text, convention=cfg.convention,
+        tokens_bytes=c.token_bytes, top_bytes=c.top_bytes)
+    sids = list(self.vocab.encode(c.text)) + [self.vocab.eos_id]
+    ids, lps, _, st = cross_tokenizer.carry_topk_with_stats(
+        self.sv, sids, tok, top, k=cfg.k, mismatch=cfg.mismatch, stop=stop)
+    fields = schema.encode_topk(ids, lps, self.vocab.vocab_size)
+    fields.update(teacher_target_ids=np.asarray(sids, np.int64),
+                  teacher_topk_field='llm_output', teacher_vocab_hash=self.vocab_hash)
+    if cfg.keep_raw:
+      fields['teacher_tokens_raw'] = cross_tokenizer.encode_teacher_topk(tok, top)
+    stats = {k: v for k, v in st.as_dict().items() if not k.endswith('_share')}
+    return fields, dict(stats, convention=conv)
+
+  def describe(self, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The manifest's `cross_tokenizer` entry: config, student vocab, totals."""
+    total = cross_tokenizer.CarryStats()
+    conventions: dict[str, int] = {}
+    for e in entries:
+      c = e.get('carry')
+      if c:
+        total.add(cross_tokenizer.CarryStats(
+            **{f: c[f] for f in cross_tokenizer.CarryStats.__dataclass_fields__}))
+        conventions[c['convention']] = conventions.get(c['convention'], 0) + 1
+    return {**dataclasses.asdict(self.config), 'student_vocabulary': str(self.vocab),
+            'student_vocab_hash': self.vocab_hash, 'conventions': conventions,
+            **total.as_dict()}
+
+
 def _http_topk(c: Completion) -> Optional[dict[str, Any]]:
   """Top-k ids/log-probs from 'token_id:N' tokens (vLLM), else None."""
   if not c.tokens or not c.top_logprobs:
@@ -100,8 +176,10 @@ def _http_topk(c: Completion) -> Optional[dict[str, Any]]:
 
 
 def build_record(ds: str, ex: inputs_lib.Example, result: GenerationResult,
-                 extra_fields: Mapping[str, Any]) -> tuple[dict, dict]:
-  """(record, index stats) for one successful generation."""
+                 extra_fields: Mapping[str, Any], carrier: Optional[Carrier] = None,
+                 stop: Sequence[str] = ()) -> tuple[dict, dict]:
+  """(record, index stats) for one successful generation; `carrier` carries
+  a string-token top-k onto the student's vocabulary."""
   comps = result.completions
   if len(comps) == 1:
     v = self_consistency.vote(ds, [comps[0].text])
@@ -120,9 +198,17 @@ def build_record(ds: str, ex: inputs_lib.Example, result: GenerationResult,
                                   int(kept.vocab_size or 1 << 32)))
     rec['teacher_target_ids'] = np.asarray(kept.target_ids, np.int64)
     rec['teacher_topk_field'] = 'llm_output'
-  else:
-    rec.update(_http_topk(kept) or {})
+  carried = None
+  if kept.topk_ids is None:
+    token_id_topk = _http_topk(kept)
+    rec.update(token_id_topk or {})
+    if token_id_topk is None and carrier is not None:
+      carried = carrier.fields(kept, stop)
+      if carried:
+        rec.update(carried[0])
   rec.update(extra_fields)
+  if carried:   # the carried ids index the student's vocabulary
+    rec['teacher_vocab_hash'] = carrier.vocab_hash
   correct = None
   if ex.label:
     correct = bool(p.ok and self_consistency.labels_agree(ds, ex.label, p.label))
@@ -131,7 +217,9 @@ def build_record(ds: str, ex: inputs_lib.Example, result: GenerationResult,
            'completion_tokens': sum(c.num_tokens for c in comps),
            'num_samples': len(comps), 'vote_share': vote_share,
            'attempts': result.attempts}
-  if kept.tokens is not None and 'teacher_topk_ids' not in rec:
+  if carried:
+    stats['carry'] = carried[1]
+  if kept.tokens is not None and ('teacher_topk_ids' not in rec or carried):
     stats['logprobs'] = {'tokens': kept.tokens, 'token_logprobs': kept.token_logprobs,
                          'top_logprobs': kept.top_logprobs}
   return rec, stats
@@ -255,8 +343,13 @@ def copy_prepared_splits(config: GenerationConfig, ds: str) -> list[str]:
   return copied
 
 
-def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
-  """Generates what is missing, then writes the shards and the manifest."""
+def run(config: GenerationConfig, backend, sampling: SamplingConfig,
+        carry: Optional[CarryConfig] = None) -> dict:
+  """Generates what is missing, then writes the shards and the manifest.
+
+  `carry` (default: the gin-configured `CarryConfig()`) applies when the teacher
+  returns string-token log-probs (`sampling.top_logprobs > 0`).
+  """
   t0 = time.monotonic()
   spec = prompts_lib.load_spec(config.dataset, config.prompt_file)
   ds = spec.dataset
@@ -272,10 +365,14 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
       ds, config.split, data_dir=config.data_dir, input_jsonl=config.input_jsonl,
       max_examples=config.max_examples)
   os.makedirs(config.out_dir, exist_ok=True)
-  check_job(config.out_dir, config.split, {
-      'dataset': ds, 'split': config.split, 'backend': backend.name,
-      'model': backend.model, 'prompt_hash': spec.hash(style),
-      'sampling': sampling.as_json(), 'source': config.input_jsonl or 'prepared'})
+  carry = carry or CarryConfig()
+  carrier = Carrier(carry) if carry.enabled and sampling.top_logprobs else None
+  job = {'dataset': ds, 'split': config.split, 'backend': backend.name,
+         'model': backend.model, 'prompt_hash': spec.hash(style),
+         'sampling': sampling.as_json(), 'source': config.input_jsonl or 'prepared'}
+  if carrier is not None:
+    job['cross_tokenizer'] = {**dataclasses.asdict(carry), 'student_vocab_hash': carrier.vocab_hash}
+  check_job(config.out_dir, config.split, job)
   store = store_lib.PartStore(config.out_dir, config.split, part_size=config.part_size,
                               part_seconds=config.part_seconds)
   done = store.done_ids()
@@ -300,7 +397,8 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
         failed.add(ex.id)
         store.record_failure(ex.id, result.error or 'no completion', result.attempts)
       else:
-        rec, stats = build_record(ds, ex, result, extra)
+        rec, stats = build_record(ds, ex, result, extra, carrier,
+                                  tuple(spec.stop) + tuple(sampling.stop))
         store.add(rec, stats)
         n_ok += 1
         n_parse_fail += not stats['parse_ok']
@@ -321,5 +419,8 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig) -> dict:
   run_wall = time.monotonic() - t0
   manifest = _manifest(config, ds, spec, style, backend, sampling, examples, index,
                        files, store, failed_ids, run_wall, run_tokens)
+  if carrier is not None:
+    manifest['cross_tokenizer'] = carrier.describe(
+        [index[ex.id] for ex in examples if ex.id in index])
   io_utils.write_json_atomic(os.path.join(config.out_dir, io_utils.MANIFEST), manifest)
   return manifest

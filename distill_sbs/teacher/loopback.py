@@ -6,6 +6,11 @@ callable, and injects faults on a fixed fraction of requests chosen by the
 global request counter (`FaultPlan`): 429 with `Retry-After`, 500, a stall past
 the client's timeout, or a malformed JSON body.
 
+Log-probs: by default pseudo tokens of 4 characters with fixed alternatives; a
+`LoopbackTokenizer` (e.g. a test's own tokenizer and model) answers with its
+tokens, their spellings (e.g. byte-level BPE 'Ġcat') and top-k alternatives,
+and (chat shape) their UTF-8 bytes.
+
   with LoopbackServer(responder, latency_s=0.05) as server:
     client = OpenAI(base_url=server.base_url, api_key='x')
 """
@@ -16,10 +21,24 @@ import http.server
 import json
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 # (prompt text of the request, decoded request body) -> completion text.
 Responder = Callable[[str, dict], str]
+# Per generated token: (spelling, log-prob, [(alternative spelling, log-prob)]).
+TokenLogprobs = list[tuple[str, float, list[tuple[str, float]]]]
+
+
+class LoopbackTokenizer(Protocol):
+  """A teacher tokenizer + distribution for the log-probs the server returns."""
+
+  def logprobs(self, prompt: str, text: str, k: int) -> TokenLogprobs:
+    """The tokens of completion `text` of `prompt` and their top-`k`."""
+    ...
+
+  def token_bytes(self, token: str) -> Optional[bytes]:
+    """UTF-8 bytes of a spelling (the chat shape's `bytes`), None to omit."""
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +82,26 @@ def _completion_logprobs(text: str, k: int) -> dict:
           'text_offset': [4 * i for i in range(len(toks))]}
 
 
+def _tokenizer_completion_logprobs(tok: LoopbackTokenizer, prompt: str, text: str,
+                                   k: int) -> dict:
+  rows = tok.logprobs(prompt, text, k)
+  offsets, pos = [], 0
+  for t, _, _ in rows:
+    offsets.append(pos)
+    pos += len((tok.token_bytes(t) or b'').decode('utf-8', errors='ignore'))
+  return {'tokens': [t for t, _, _ in rows], 'token_logprobs': [lp for _, lp, _ in rows],
+          'top_logprobs': [dict(alts[:k]) for _, _, alts in rows], 'text_offset': offsets}
+
+
+def _tokenizer_chat_logprobs(tok: LoopbackTokenizer, prompt: str, text: str, k: int) -> dict:
+  as_list = lambda b: None if b is None else list(b)  # noqa: E731
+  return {'content': [
+      {'token': t, 'logprob': lp, 'bytes': as_list(tok.token_bytes(t)),
+       'top_logprobs': [{'token': a, 'logprob': alp, 'bytes': as_list(tok.token_bytes(a))}
+                        for a, alp in alts[:k]]}
+      for t, lp, alts in tok.logprobs(prompt, text, k)]}
+
+
 def _chat_logprobs(text: str, k: int) -> dict:
   content = []
   for t in _tokens(text):
@@ -77,8 +116,10 @@ class LoopbackServer:
   """Threaded HTTP server on 127.0.0.1 speaking the OpenAI completions API."""
 
   def __init__(self, responder: Responder, *, latency_s: float = 0.0,
-               faults: FaultPlan = FaultPlan(), base_path: str = '/v1'):
+               faults: FaultPlan = FaultPlan(), base_path: str = '/v1',
+               tokenizer: Optional[LoopbackTokenizer] = None):
     self.responder = responder
+    self.tokenizer = tokenizer
     self.latency_s = latency_s
     self.faults = faults
     self.base_path = base_path.rstrip('/')
@@ -108,17 +149,22 @@ class LoopbackServer:
     usage['total_tokens'] = usage['prompt_tokens'] + usage['completion_tokens']
     base = {'id': f'cmpl-{self.num_requests}', 'created': int(time.time()),
             'model': body.get('model', 'loopback'), 'usage': usage}
+    prompt, tok = prompt_text(body), self.tokenizer
     if path.endswith('/chat/completions'):
       k = int(body.get('top_logprobs') or 0)
+      chat_lp = ((lambda t: _tokenizer_chat_logprobs(tok, prompt, t, k)) if tok
+                 else (lambda t: _chat_logprobs(t, k)))
       return {**base, 'object': 'chat.completion', 'choices': [
           {'index': i, 'message': {'role': 'assistant', 'content': t},
            'finish_reason': 'stop',
-           'logprobs': _chat_logprobs(t, k) if body.get('logprobs') else None}
+           'logprobs': chat_lp(t) if body.get('logprobs') else None}
           for i, t in enumerate(texts)]}
     k = body.get('logprobs')
+    text_lp = ((lambda t: _tokenizer_completion_logprobs(tok, prompt, t, int(k))) if tok
+               else (lambda t: _completion_logprobs(t, int(k))))
     return {**base, 'object': 'text_completion', 'choices': [
         {'index': i, 'text': t, 'finish_reason': 'stop',
-         'logprobs': _completion_logprobs(t, int(k)) if k is not None else None}
+         'logprobs': text_lp(t) if k is not None else None}
         for i, t in enumerate(texts)]}
 
   def _make_handler(self):

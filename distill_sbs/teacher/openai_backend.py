@@ -135,6 +135,10 @@ def _completion_from_choice(choice: Any, chat: bool) -> Completion:
       c.token_logprobs = [float(t.logprob) for t in lp.content]
       c.top_logprobs = [[(a.token, float(a.logprob)) for a in (t.top_logprobs or [])]
                         for t in lp.content]
+      # Token bytes (chat shape): what a cross-tokenizer carry reads first.
+      c.token_bytes = [getattr(t, 'bytes', None) for t in lp.content]
+      c.top_bytes = [[getattr(a, 'bytes', None) for a in (t.top_logprobs or [])]
+                     for t in lp.content]
     elif not chat and getattr(lp, 'tokens', None):
       c.tokens = list(lp.tokens)
       c.token_logprobs = [float(x) if x is not None else float('nan')

@@ -275,3 +275,13 @@ def test_identity_through_the_records_and_the_loss(spm_vocab):
            'decoder_topk_logprobs': jnp.asarray(r_lps[None])}
   loss, metrics = losses.TopKDistillLoss(rest_bucket=True)(logits, batch)
   assert np.isfinite(float(loss)) and float(metrics['kl']) > 0
+
+
+def test_raw_teacher_topk_round_trip():
+  tokens = [b' the', b'\xc3', b'\xa9', b'']
+  topk = [[(b' the', -0.25), (b' a', -2.0)], [(b'\xc3', -0.5)], [(b'\xa9', -0.125), (b' the', -3.0)],
+          [(b'', -0.0625)]]
+  blob = ct.encode_teacher_topk(tokens, topk)
+  assert ct.decode_teacher_topk(blob) == (tokens, topk)   # values exact in float16
+  # Each distinct string is stored once.
+  assert blob.count(b' the') == 1
