@@ -76,6 +76,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method('rationale_output', 'single task: rationale then label as one output'),
     Method('first', 'FIRST: KL to the calibrated teacher top-k on its answers'),
     Method('first_rationale', 'FIRST + rationales (top-k KL label + explain task)'),
+    Method('first_cross_tokenizer', 'FIRST from a teacher in another tokenizer (top-k '
+           'carried onto the student vocabulary; ULD on unaligned tokens)'),
 )}
 PAIRED_MARKER = '_paired_'  # tasks whose every example gives two rows
 

@@ -46,3 +46,32 @@ def test_loss_is_the_top_k_kl_without_uld_rows_and_adds_uld_on_them():
   # Gradients are finite and reach the ULD row.
   g = jax.grad(lambda z: loss_fn(z, _batch(ids, lps))[0])(logits)
   assert np.isfinite(np.asarray(g)).all() and float(jnp.abs(g[:, 2]).max()) > 0
+
+
+def test_cross_tokenizer_method_part_configures_the_loss(tmp_path, monkeypatch):
+  import json
+  import pathlib
+
+  import gin
+
+  import distill_sbs.tasks  # noqa: F401
+  from distill_sbs.training import gin_macros
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  parts = ['t5x_configs/models/t5_1_1/tiny.gin', 'gin/runs/cpu.gin',
+           'gin/methods/first_cross_tokenizer.gin', 'gin/datasets/svamp.gin']
+  monkeypatch.setenv('DISTILL_SBS_DATA_DIR', str(tmp_path / 'data'))
+  manifest = tmp_path / 'data' / 'first' / 'svamp' / 'manifest.json'
+  manifest.parent.mkdir(parents=True)
+  manifest.write_text(json.dumps({'teacher_temperature': 1.7}))
+  gin.clear_config()
+  gin.add_config_file_search_path(str(repo))
+  try:
+    gin.parse_config_files_and_bindings(parts, ['MODEL_DIR="/tmp/x"', 'ULD_WEIGHT=0.5'],
+                                        finalize_config=False)
+    loss = gin.query_parameter('%LOSS_FN').scoped_configurable_fn()
+    assert isinstance(loss, uld.CrossTokenizerTopKLoss) and loss.uld_weight == 0.5
+    assert loss.base.teacher_temperature == 1.7 and loss.base.rest_bucket
+    assert gin_macros.query('%TARGETS_LENGTH') == gin_macros.query('%RATIONALE_LENGTH')
+    assert gin_macros.query('%MIXTURE_OR_TASK_NAME') == 'first_svamp_label'
+  finally:
+    gin.clear_config()
