@@ -24,6 +24,7 @@ from distill_sbs.training import evaluation
 from distill_sbs.training import input_pipeline
 from distill_sbs.training import metrics_logging
 from distill_sbs.training import partitioning
+from distill_sbs.training import preemption
 from distill_sbs.training import train_state as ts_lib
 from distill_sbs.training import trainer as trainer_lib
 
@@ -100,6 +101,9 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
   `length_check_examples` training examples must fit `task_feature_lengths`
   (unless `allow_truncation`), and a Hugging Face `initial_checkpoint_path`
   must match the model gin (`config_checks`).
+  SIGTERM / SIGINT: the current step finishes, a checkpoint is saved and
+  `preemption.Preempted` (a `SystemExit` with code 75) is raised; a second
+  signal aborts at once.
   """
   if total_steps is None or int(total_steps) < 0:
     raise ValueError(f'train.total_steps (TRAIN_STEPS) must be >= 0, got {total_steps!r}')
@@ -177,7 +181,9 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
   window: list[Mapping[str, Any]] = []
   guard = not skip_nonfinite_updates
   pending = None  # the previous step, checked after the next one is dispatched
+  signals = preemption.PreemptionGuard()
   try:
+    signals.__enter__()
     for step in range(start, total_steps):
       batch = next(data_iter)
       logger.count_tokens(count_tokens(batch) * jax.process_count())
@@ -191,6 +197,8 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
       logger.step_done(new_step)
       on_log = new_step % max(log_period, 1) == 0 or is_last
       on_ckpt = checkpoint_period and (new_step % checkpoint_period == 0 or is_last)
+      stop = not is_last and signals.reached(new_step)
+      on_ckpt = on_ckpt or stop
       if guard and (on_log or on_ckpt or (eval_period and new_step % eval_period == 0)):
         check_finite(new_step, metrics)
       if on_log:
@@ -206,7 +214,13 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
         logger.write(new_step, run_eval(new_step))
       if on_ckpt:
         ckpt.save(new_step, state, data_iter.get_state(), force=True)
+      if stop:
+        ckpt.wait()
+        _status(f'preempted: saved checkpoint {new_step} in {ckpt.directory}; exiting with '
+                f'code {preemption.EXIT_PREEMPTED} (rerun the same command to resume)')
+        raise preemption.Preempted(new_step)
   finally:
+    signals.__exit__()
     ckpt.close()
     logger.close()
   return state, trainer

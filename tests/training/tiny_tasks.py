@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import pathlib
+import time
 
 import seqio
 import tensorflow as tf
@@ -33,11 +34,18 @@ def _rows(n: int):
   return out
 
 
-def _dataset(split, shuffle_files=False, seed=None, n=NUM_ROWS, prefix=''):
+def _dataset(split, shuffle_files=False, seed=None, n=NUM_ROWS, prefix='', delay=0.0):
   del split, shuffle_files, seed
   rows = _rows(n)
-  return tf.data.Dataset.from_tensor_slices(
+  ds = tf.data.Dataset.from_tensor_slices(
       {'inputs': [prefix + r[0] for r in rows], 'targets': [r[1] for r in rows]})
+  if delay:  # a slow source: training steps long enough to be interrupted
+    def slow(ex):
+      done = tf.py_function(lambda: (time.sleep(delay), 0)[1], [], tf.int32)
+      with tf.control_dependencies([done]):
+        return {k: tf.identity(v) for k, v in ex.items()}
+    ds = ds.map(slow)
+  return ds
 
 
 def exact_match(targets, predictions):
@@ -45,13 +53,15 @@ def exact_match(targets, predictions):
   return {'exact_match': 100.0 * correct / max(len(targets), 1)}
 
 
-def register(name: str = 'test_cqa_32', n: int = NUM_ROWS, prefix: str = '') -> str:
+def register(name: str = 'test_cqa_32', n: int = NUM_ROWS, prefix: str = '',
+             delay: float = 0.0) -> str:
   if name in seqio.TaskRegistry.names():
     return name
   features = {k: seqio.Feature(VOCAB, add_eos=True) for k in ('inputs', 'targets')}
   seqio.TaskRegistry.add(
       name,
-      source=seqio.FunctionDataSource(functools.partial(_dataset, n=n, prefix=prefix),
+      source=seqio.FunctionDataSource(functools.partial(_dataset, n=n, prefix=prefix,
+                                                        delay=delay),
                                       splits=('train', 'validation'),
                                       num_input_examples={'train': n, 'validation': n}),
       preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
@@ -61,3 +71,4 @@ def register(name: str = 'test_cqa_32', n: int = NUM_ROWS, prefix: str = '') -> 
 
 register()
 register('test_cqa_32_predict', prefix='predict: ')  # inputs with a task prefix
+register('test_cqa_32_slow', delay=0.02)  # ~0.2 s per batch of 8
