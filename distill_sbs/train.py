@@ -18,6 +18,7 @@ def main(argv: Sequence[str]) -> None:
   model_dir = gin_utils.query_model_dir(
       '%MODEL_DIR', 'distill_sbs.training.train_loop.train.model_dir')
   if model_dir:
+    _check_resume(model_dir)
     gin_utils.write_config(model_dir)
   gin.get_configurable(train_loop.train)()
   if model_dir:
@@ -25,6 +26,16 @@ def main(argv: Sequence[str]) -> None:
     if jax.process_index() == 0:
       with open(os.path.join(model_dir, 'config.operative.gin'), 'w') as f:
         f.write(gin.operative_config_str())
+
+
+def _check_resume(model_dir: str) -> None:
+  """A run with checkpoints keeps its model shape (before config.gin is rewritten)."""
+  from distill_sbs.training import config_checks  # pylint: disable=g-import-not-at-top
+  recorded = os.path.join(model_dir, 'config.gin')
+  ckpts = os.path.join(model_dir, 'checkpoints')
+  if os.path.isfile(recorded) and os.path.isdir(ckpts) and any(
+      n.isdigit() for n in os.listdir(ckpts)):
+    config_checks.check_resume_config(recorded, gin.config_str())
 
 
 def console_entry_point(argv: Optional[Sequence[str]] = None) -> None:

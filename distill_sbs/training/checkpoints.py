@@ -5,16 +5,25 @@ A run's checkpoints live in `MODEL_DIR/checkpoints/<step>/` with two items:
 sharded, restorable onto any mesh) and `data` (JSON: the input iterator
 position). Reading parameters from a run, a Hugging Face or a T5X directory
 (initial weights, evaluation, export) is `models/checkpoint_formats.py`.
+
+`restore_latest` survives damaged checkpoints: one that fails to restore is
+reported (path, step, cause), moved aside to `MODEL_DIR/checkpoints.damaged/`
+(not deleted) and the previous step is tried. A checkpoint whose parameter
+shapes differ from the model raises `ShapeMismatchError` naming them.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Optional, Sequence
+import shutil
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 
 from distill_sbs.models import checkpoint_formats
+from distill_sbs.training import config_checks
 
 # Still reached through this module by training/evaluation.py; the readers
 # live in models/checkpoint_formats.py.
@@ -35,6 +44,40 @@ def check_finite_state(step: int, state: Any) -> None:
       f'refusing to save checkpoint {step}: non-finite values in '
       f'{", ".join(bad[:8])}{" ..." if len(bad) > 8 else ""}; the previous '
       'checkpoints are kept')
+
+
+class ShapeMismatchError(config_checks.ConfigError):
+  """A checkpoint's parameters do not have the model's shapes."""
+
+
+def _path_str(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+                  for k in path)
+
+
+def compare_shapes(step_dir: str, abstract_params: Any) -> None:
+  """Raises `ShapeMismatchError` listing each parameter whose shape in the
+  checkpoint at `step_dir` differs from `abstract_params` (or is missing)."""
+  meta = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, 'state'))
+  tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
+  saved = {_path_str(p): tuple(getattr(m, 'shape', ()))
+           for p, m in jax.tree_util.tree_flatten_with_path(tree['params'])[0]}
+  want = {_path_str(p): tuple(a.shape)
+          for p, a in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  diffs = [f'{k}: {saved[k]} in the checkpoint, {want[k]} in the model'
+           for k in sorted(set(saved) & set(want)) if saved[k] != want[k]]
+  diffs += [f'{k}: in the model, not in the checkpoint' for k in sorted(set(want) - set(saved))]
+  diffs += [f'{k}: in the checkpoint, not in the model' for k in sorted(set(saved) - set(want))]
+  if diffs:
+    raise ShapeMismatchError(
+        f'checkpoint {step_dir} does not fit the model gin ({len(diffs)} parameter(s)):\n  '
+        + '\n  '.join(diffs[:20]) + ('\n  ...' if len(diffs) > 20 else '')
+        + '\nresume with the configuration recorded in config.gin, or use another MODEL_DIR')
+
+
+def _say(msg: str) -> None:
+  if jax.process_index() == 0:
+    print(f'[distill_sbs.train] {msg}', file=sys.stderr, flush=True)
 
 
 class RunCheckpointer:
@@ -80,6 +123,42 @@ class RunCheckpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                       data=ocp.args.JsonRestore()))
     return out['state'], dict(out['data'] or {})
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def move_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to `MODEL_DIR/checkpoints.damaged/` (process 0)."""
+    dest = os.path.join(self.directory + '.damaged', f'{step}-{int(time.time())}')
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      shutil.move(self.step_dir(step), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'move_aside_{step}')
+    self._manager.reload()
+    return dest
+
+  def restore_latest(self, abstract_state: Any, report: Callable[[str], None] = _say
+                     ) -> Optional[tuple[int, Any, dict]]:
+    """(step, state, data state) of the newest checkpoint that restores, or
+    None when there is none; damaged ones are reported and moved aside."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        compare_shapes(self.step_dir(step), abstract_state.params)
+        state, data = self.restore(step, abstract_state)
+        return step, state, data
+      except ShapeMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        cause = f'{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
+        moved = self.move_aside(step)
+        left = self.all_steps()
+        report(f'checkpoint step {step} at {self.step_dir(step)} failed to restore ({cause}); '
+               f'moved it to {moved}; '
+               + (f'falling back to step {max(left)}' if left else
+                  'no earlier checkpoint: starting from scratch'))
+    return None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -10,6 +10,8 @@
   would lose its task prefix fails unless `allow_truncation`.
 * `check_hf_config`: a Hugging Face `config.json` against the model gin's
   `T5Config`, field by field.
+* `check_resume_config`: a resume whose model shape (the `T5Config` bindings)
+  differs from the run's recorded `config.gin` fails listing the bindings.
 """
 from __future__ import annotations
 
@@ -258,3 +260,34 @@ def check_hf_config(path: str, config: Any) -> None:
   if diffs:
     raise ConfigError(f'{cfg_path} does not match the model gin (T5Config):\n  '
                       + '\n  '.join(diffs))
+
+
+# ------------------------------------------------------------ resume config
+SHAPE_FIELDS = HF_FIELDS + ('logits_via_embedding',)
+
+
+def model_shape_bindings(text: str) -> dict[str, Any]:
+  """'T5Config.<field>' -> value (macros resolved) of a gin config's text."""
+  macros, found = {}, {}
+  for st in config_parser.ConfigParser(text, gin_macros._Delegate()):  # pylint: disable=protected-access
+    if not isinstance(st, config_parser.BindingStatement):
+      continue
+    if not st.arg_name and '.' not in st.selector:
+      macros[st.selector] = st.value
+    elif st.selector.rsplit('.', 1)[-1] == 'T5Config' and st.arg_name in SHAPE_FIELDS:
+      key = (f'{st.scope}/' if st.scope else '') + f'T5Config.{st.arg_name}'
+      found[key] = st.value
+  return {k: gin_macros._resolve(v, macros, ()) for k, v in found.items()}  # pylint: disable=protected-access
+
+
+def check_resume_config(recorded_path: str, current_text: str) -> None:
+  """Raises `ConfigError` when the model shape differs from `recorded_path`'s."""
+  with open(recorded_path, encoding='utf-8') as f:
+    old = model_shape_bindings(f.read())
+  new = model_shape_bindings(current_text)
+  diffs = [f'{k} = {old.get(k, "(default)")!r} in {recorded_path}, now {new.get(k, "(default)")!r}'
+           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+  if diffs:
+    raise ConfigError(
+        'this run has checkpoints of another model shape; resuming would fail:\n  '
+        + '\n  '.join(diffs) + '\nuse the recorded configuration or another MODEL_DIR')

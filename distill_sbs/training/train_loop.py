@@ -139,10 +139,10 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
                                   keep=keep_checkpoints, async_save=async_checkpointing)
 
   # State: resume > initial checkpoint > fresh.
-  latest = ckpt.latest_step()
-  if latest is not None:
-    target = ts_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
-    state, data_state = ckpt.restore(latest, target)
+  target = ts_lib.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+  restored = ckpt.restore_latest(target, report=_status)
+  if restored is not None:
+    latest, state, data_state = restored
     position = int(data_state.get('position', latest))
     _status(f'resumed from step {latest} (data position {position}) in {ckpt.directory}')
   else:
