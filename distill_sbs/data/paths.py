@@ -17,6 +17,9 @@ DATA_DIR_ENV = 'DISTILL_SBS_DATA_DIR'
 RAW_DIR_ENV = 'DISTILL_SBS_RAW_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'distill_sbs', 'data')
 MANIFEST = io_utils.MANIFEST
+# The manifest's {shard file name: sha256} (written by `prepare`, checked by
+# the record sources when they open a dataset).
+SHARD_DIGESTS = 'shard_sha256'
 SPLITS = ('train', 'validation', 'test')
 
 

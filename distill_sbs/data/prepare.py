@@ -8,8 +8,12 @@ Splits: a gold `train` file is used as is; the validation split is the `valid`
 file when a train file exists too, else 10% (seed 0) of the pool, where the pool
 is `train` (CQA, SVAMP) or, when no train file is present, `valid` (e-SNLI and
 ANLI-R1 here). `test` is the test file. Every raw file of a dataset is read and
-checked before anything is written; shards are written atomically
-(`schema.write_shards`) and the manifest last (temp + rename).
+checked before anything is written. A dataset's splits and manifest are
+replaced together or not at all: everything is written into a staging folder
+`{data_dir}/.{ds}.staging-*` and swapped with `{data_dir}/{ds}` at the end (a
+run killed or failing before the swap leaves the previous dataset as it was).
+The manifest records the split settings and the sha256 of every shard
+(`shard_sha256`); the record sources check them when they open a dataset.
 
 Teacher accuracy in the manifest follows the paper's `metrics.py`: exact string
 equality of parsed teacher label and gold label (cqa, NLI), and numeric equality
@@ -19,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import os
+import shutil
 import sys
 import time
+import uuid
 from typing import Any, Optional, Sequence
 
 from distill_sbs.data import formats
@@ -35,6 +42,7 @@ from distill_sbs.distill import io_utils
 from distill_sbs.metrics import svamp as svamp_metrics
 
 FORMAT_VERSION = 1
+SHARD_DIGESTS = paths.SHARD_DIGESTS
 
 
 def make_record(ds: str, row: dict[str, Any], completion: Optional[str],
@@ -131,27 +139,61 @@ def build_splits(raw_dir: str, ds: str, *, max_rows: Optional[int] = None,
   return out, info
 
 
+def _recover(data_dir: str, ds: str) -> None:
+  """Finishes or undoes an interrupted swap; removes stale staging folders."""
+  final = os.path.join(data_dir, ds)
+  olds = sorted(glob.glob(os.path.join(data_dir, f'.{ds}.old-*')))
+  if olds and not os.path.isdir(final):
+    os.replace(olds.pop(), final)  # killed between the two renames: put it back
+  for stale in olds + glob.glob(os.path.join(data_dir, f'.{ds}.staging-*')):
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def swap_in(staging: str, final: str) -> None:
+  """Replaces the folder `final` by `staging` (two renames on one filesystem)."""
+  old = None
+  if os.path.isdir(final):
+    old = os.path.join(os.path.dirname(final),
+                       f'.{os.path.basename(final)}.old-{uuid.uuid4().hex[:8]}')
+    os.replace(final, old)
+  os.replace(staging, final)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def prepare_dataset(raw_dir: str, ds: str, data_dir: str, *,
                     max_rows: Optional[int] = None, num_shards: int = 1, seed: int = 0,
                     validation_fraction: float = 0.1) -> dict[str, Any]:
-  """Writes `{data_dir}/{ds}/{split}.tfrecord-*` and `manifest.json`; returns it."""
+  """Writes `{data_dir}/{ds}/{split}.tfrecord-*` and `manifest.json` (staged,
+  then swapped in as a whole); returns the manifest."""
   splits, info = build_splits(raw_dir, ds, max_rows=max_rows, seed=seed,
                               validation_fraction=validation_fraction)
-  out_dir = os.path.join(data_dir, ds)
+  os.makedirs(data_dir, exist_ok=True)
+  _recover(data_dir, ds)
+  staging = os.path.join(data_dir, f'.{ds}.staging-{uuid.uuid4().hex[:8]}')
+  os.makedirs(staging)
   manifest: dict[str, Any] = {
       'dataset': ds, 'format_version': FORMAT_VERSION,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(),
       'raw_dir': os.path.abspath(raw_dir), 'split_seed': seed,
       'validation_fraction': validation_fraction, 'max_rows': max_rows,
-      'source_files': info['source_files'], 'splits': {}}
-  for split, records in splits.items():
-    stats = _split_stats(ds, records)
-    clean = [{k: v for k, v in r.items() if not k.startswith('_')} for r in records]
-    files = schema.write_shards(out_dir, split, clean, num_shards=num_shards)
-    stats.update(origin=info['origin'][split], num_shards=num_shards,
-                 files=[os.path.basename(f) for f in files])
-    manifest['splits'][split] = stats
-  io_utils.write_json_atomic(paths.manifest_path(ds, data_dir), manifest)
+      'num_shards': num_shards,
+      'source_files': info['source_files'], 'splits': {}, SHARD_DIGESTS: {}}
+  try:
+    for split, records in splits.items():
+      stats = _split_stats(ds, records)
+      clean = [{k: v for k, v in r.items() if not k.startswith('_')} for r in records]
+      files = schema.write_shards(staging, split, clean, num_shards=num_shards)
+      stats.update(origin=info['origin'][split], num_shards=num_shards,
+                   files=[os.path.basename(f) for f in files])
+      manifest['splits'][split] = stats
+      for f in files:
+        manifest[SHARD_DIGESTS][os.path.basename(f)] = sources.sha256_file(f)
+    io_utils.write_json_atomic(os.path.join(staging, paths.MANIFEST), manifest)
+    swap_in(staging, os.path.join(data_dir, ds))
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
   return manifest
 
 

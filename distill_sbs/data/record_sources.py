@@ -7,10 +7,15 @@ subclass's `convert`:
   SbsRecordsSource   one step-by-step task kind's text features (`tasks/sbs.py`)
   TopKRecordsSource  teacher top-k features for FIRST (`data/topk.py`)
 Records are found when a dataset is built, so `$DISTILL_SBS_DATA_DIR` may be
-set after the tasks are registered.
+set after the tasks are registered. Opening a split checks its shards
+(`verify_shards`): against the sha256 digests of a `prepare` manifest, else by
+reading them once; a damaged or changed shard raises `DataIntegrityError`
+naming the file.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -29,6 +34,63 @@ SPLITS = paths.SPLITS
 def count_records(files: Sequence[str]) -> int:
   return int(tf.data.TFRecordDataset(list(files)).reduce(
       np.int64(0), lambda n, _: n + 1).numpy())
+
+
+class DataIntegrityError(ValueError):
+  """A record shard is damaged, missing or differs from its manifest."""
+  user_error = True  # the command line prints the message without a traceback
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()
+PREPARE_HINT = 're-run `python -m distill_sbs.data.prepare` for this dataset'
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def verify_shards(records_dir: str, split: str, files: Sequence[str]) -> None:
+  """Raises `DataIntegrityError` naming a shard of `split` that differs from
+  the manifest's digest (or, without digests, cannot be read to its end)."""
+  manifest_path = os.path.join(records_dir, paths.MANIFEST)
+  digests, listed = None, None
+  if tf.io.gfile.exists(manifest_path):
+    with tf.io.gfile.GFile(manifest_path) as f:
+      manifest = json.load(f)
+    digests = manifest.get(paths.SHARD_DIGESTS)
+    listed = (manifest.get('splits', {}).get(split) or {}).get('files')
+  if digests is not None and listed is not None:
+    present = {os.path.basename(f) for f in files}
+    missing = sorted(set(listed) - present)
+    extra = sorted(present - set(listed))
+    if missing or extra:
+      raise DataIntegrityError(
+          f'{records_dir}: split {split!r} has shards {sorted(present)} but {manifest_path} '
+          f'lists {sorted(listed)}; {PREPARE_HINT}')
+  for path in files:
+    st = tf.io.gfile.stat(path)
+    key = (path, int(st.length), int(st.mtime_nsec))
+    if key in _VERIFIED:
+      continue
+    if digests is not None:
+      want, got = digests.get(os.path.basename(path)), _sha256(path)
+      if want is None:
+        raise DataIntegrityError(f'{path}: not listed in {manifest_path}; {PREPARE_HINT}')
+      if got != want:
+        raise DataIntegrityError(
+            f'{path}: sha256 {got[:16]}… differs from {manifest_path} ({want[:16]}…): the '
+            f'file was changed or damaged; {PREPARE_HINT}')
+    else:
+      try:
+        count_records([path])
+      except tf.errors.OpError as e:
+        raise DataIntegrityError(f'{path}: cannot read this record shard '
+                                 f'({type(e).__name__}: {e.message})') from None
+    _VERIFIED.add(key)
 
 
 class RecordsSource(seqio.DataSource):
@@ -68,7 +130,9 @@ class RecordsSource(seqio.DataSource):
     return self._files(split)
 
   def _files(self, split: str) -> list[str]:
-    return schema.split_files(self.records_dir, split, self.missing_hint())
+    files = schema.split_files(self.records_dir, split, self.missing_hint())
+    verify_shards(self.records_dir, split, files)
+    return files
 
   def train_mask(self, files: Sequence[str]) -> np.ndarray:
     """bool [n]: the train records (in file order) this fraction keeps."""

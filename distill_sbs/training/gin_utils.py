@@ -173,6 +173,10 @@ def run(main: Callable[[Sequence[str]], None], argv: Optional[Sequence[str]] = N
       raise SystemExit(f'error: {_first_line(e)}') from e
     except config_checks.ConfigError as e:  # configuration mistakes, before any work
       raise SystemExit(f'error: {_first_line(e)}') from e
+    except Exception as e:  # pylint: disable=broad-except
+      if getattr(e, 'user_error', False):  # e.g. a damaged record shard, named
+        raise SystemExit(f'error: {_first_line(e)}') from e
+      raise
   app.run(guarded, argv=list(argv) if argv is not None else None, flags_parser=parse)
 
 
