@@ -42,6 +42,9 @@ class RetryPolicy:
   max_backoff_s: float = 30.0
   jitter: float = 0.5  # the random share of each wait
   max_retry_after_s: float = 120.0  # a longer `Retry-After` is capped to this
+  # Give up (`TeacherUnreachable`) when the first this many attempts all fail
+  # to connect and none has succeeded yet (0: retry every example as usual).
+  give_up_unreachable: int = 8
 
   def __post_init__(self):
     if self.max_attempts < 1:
@@ -91,6 +94,11 @@ def redact_url(url: str) -> str:
   if parts.port:
     host += f':{parts.port}'
   return urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))
+
+
+class TeacherUnreachable(ConnectionError):
+  """The server never answered: the first attempts all failed to connect."""
+  user_error = True
 
 
 class MalformedResponse(Exception):
@@ -186,6 +194,8 @@ class OpenAIBackend:
     self._rng = random.Random(seed)
     self._warned_no_key = False
     self.stats = {'requests': 0, 'retries': 0, 'failed_attempts': {}}
+    self._reached = False  # any request answered
+    self._unreachable = 0  # connection failures before the first answer
 
   def _api_key(self) -> str:
     if not os.environ.get(self.api_key_env) and not self._warned_no_key:
@@ -257,7 +267,9 @@ class OpenAIBackend:
       try:
         async with sem:
           self.stats['requests'] += 1
-          return await self._request(client, kw), '', attempt
+          result = await self._request(client, kw), '', attempt
+          self._reached = True
+          return result
       except asyncio.CancelledError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -265,11 +277,25 @@ class OpenAIBackend:
         reason = reason.replace(self._api_key(), '***') if self._api_key() != NO_KEY else reason
         kind = reason.split(':')[0]
         self.stats['failed_attempts'][kind] = self.stats['failed_attempts'].get(kind, 0) + 1
+        self._check_reachable(kind, reason)
         if not retryable or attempt == self.retry.max_attempts:
           return None, f'{reason} (attempt {attempt}/{self.retry.max_attempts})', attempt
         self.stats['retries'] += 1
         await asyncio.sleep(self.retry.delay(attempt, retry_after, self._rng))
     return None, reason, self.retry.max_attempts
+
+  def _check_reachable(self, kind: str, reason: str) -> None:
+    """Raises `TeacherUnreachable` once the first `give_up_unreachable`
+    attempts have all failed to connect (instead of retrying every example)."""
+    limit = self.retry.give_up_unreachable
+    if self._reached or kind != 'connection error' or not limit:
+      return
+    self._unreachable += 1
+    if self._unreachable >= limit:
+      raise TeacherUnreachable(
+          f'teacher server {redact_url(self.base_url)} is unreachable: the first {limit} '
+          f'attempts all failed ({reason}); check --base_url and that the server is running '
+          f'(RetryPolicy.give_up_unreachable={limit})')
 
   async def _one(self, client, sem, prompt: Prompt, sampling: SamplingConfig,
                  stop: tuple[str, ...]) -> GenerationResult:
