@@ -75,6 +75,22 @@ def compare_shapes(step_dir: str, abstract_params: Any) -> None:
         + '\nresume with the configuration recorded in config.gin, or use another MODEL_DIR')
 
 
+def require_checkpoint(path: str) -> str:
+  """`path` (absolute) when it holds a checkpoint `read_params` can read (a run,
+  checkpoints, step, T5X or Hugging Face directory), else `ConfigError`
+  "no checkpoint in MODEL_DIR/CHECKPOINT_PATH=..."."""
+  full = os.path.abspath(os.path.expanduser(str(path)))
+  if os.path.isdir(full) and (os.path.isfile(os.path.join(full, 'config.json'))
+                              or checkpoint_formats.find_step_dir(full) is not None):
+    return full
+  why = ('the directory does not exist' if not os.path.exists(full) else
+         'no checkpoints/<step>/ directory, T5X checkpoint_<N> or Hugging Face '
+         'config.json in it')
+  raise config_checks.ConfigError(
+      f'no checkpoint in MODEL_DIR/CHECKPOINT_PATH={full} ({why}); train first, or '
+      'point CHECKPOINT_PATH at a run, step, T5X or Hugging Face directory')
+
+
 def _say(msg: str) -> None:
   if jax.process_index() == 0:
     print(f'[distill_sbs.train] {msg}', file=sys.stderr, flush=True)

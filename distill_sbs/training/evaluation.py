@@ -138,6 +138,7 @@ def load_predictor(model, checkpoint_path: str, batch_size: int,
                    ) -> tuple[Predictor, Any]:
   """(Predictor, params) of the checkpoint at `checkpoint_path` (a run / T5X model
   dir: its latest step; a step dir; a Hugging Face dir), sharded on a new mesh."""
+  ckpt_lib.require_checkpoint(checkpoint_path)
   mesh_config = mesh_config or partitioning.MeshConfig()
   mesh = partitioning.create_mesh(mesh_config)
   rules = mesh_config.logical_axis_rules()

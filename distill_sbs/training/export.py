@@ -14,7 +14,9 @@ def export_hf(*, model: Any, checkpoint_path: str, output_dir: str) -> str:
   from distill_sbs import models  # pylint: disable=g-import-not-at-top
   from distill_sbs.models import checkpoint_formats  # pylint: disable=g-import-not-at-top
   config = model.module.config
+  from distill_sbs.training import checkpoints  # pylint: disable=g-import-not-at-top
   from distill_sbs.training import trainer  # pylint: disable=g-import-not-at-top
+  checkpoints.require_checkpoint(checkpoint_path)
   params = checkpoint_formats.read_params(checkpoint_path)
   bad = trainer.nonfinite_leaves(params)
   if bad:
