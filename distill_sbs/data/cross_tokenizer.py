@@ -22,6 +22,11 @@ one row per student target token:
      completion text ends (the teacher's EOS, or the token a stop sequence cut):
      that token, teacher EOS tokens and alternatives starting with a stop
      sequence map to the student's EOS.
+  An alternative shorter than some student piece it begins (a byte teacher's
+     ' ' before the student's ' the') is ambiguous: `ambiguous='first'` (the
+     default, exact when the tokenizations are equal) gives its mass to the
+     student token it begins with; `ambiguous='rest'` leaves it to the rest
+     bucket (docs/cross_tokenizer.md measures both).
   4. Other positions (merges, splits, student text the teacher did not
      produce): `mismatch='zero'` gives loss weight 0 (the row is all absent:
      id 0, log-prob −1e4, so the top-k KL of the unchanged loss is 0 there);
@@ -46,6 +51,7 @@ import numpy as np
 
 ABSENT_LOGPROB = -1e4   # stored log-prob of an absent entry (losses.ABSENT_LOGPROB = -1e3)
 MISMATCH_MODES = ('zero', 'uld')
+AMBIGUOUS_MODES = ('first', 'rest')
 # Teacher tokens meaning "end of sequence" (as bytes; b'' is a special token the
 # server detokenised to nothing).
 TEACHER_EOS = (b'', b'</s>', b'<|endoftext|>', b'<|im_end|>', b'<|eot_id|>',
@@ -189,6 +195,16 @@ class StudentVocab:
     return self.vocab.decode([i]).encode('utf-8')
 
   @functools.cached_property
+  def _proper_prefixes(self) -> frozenset:
+    return frozenset(b[:n] for b in self._pieces for n in range(1, len(b)))
+
+  def extends(self, text: bytes) -> bool:
+    """Whether some student piece is longer than `text` and starts with it."""
+    if self.kind == 'bytes':
+      return False
+    return text in self._proper_prefixes
+
+  @functools.cached_property
   def _no_dummy_prefix(self):
     """A SentencePiece processor that encodes mid-word text (no '▁' prefix)."""
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
@@ -316,10 +332,13 @@ def carry_topk_with_stats(
     student_vocab_: Any, student_target_ids: Sequence[int], teacher_tokens: Sequence[bytes],
     teacher_topk: Sequence[Sequence[tuple[bytes, float]]], *, k: int = 5,
     mismatch: str = 'zero', stop: Sequence[str] = (), teacher_eos: Sequence[bytes] = TEACHER_EOS,
+    ambiguous: str = 'first',
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, CarryStats]:
   """`carry_topk` plus its `CarryStats`."""
   if mismatch not in MISMATCH_MODES:
     raise ValueError(f'mismatch={mismatch!r}: expected one of {MISMATCH_MODES}')
+  if ambiguous not in AMBIGUOUS_MODES:
+    raise ValueError(f'ambiguous={ambiguous!r}: expected one of {AMBIGUOUS_MODES}')
   if len(teacher_topk) != len(teacher_tokens):
     raise ValueError(f'{len(teacher_tokens)} teacher tokens but {len(teacher_topk)} top-k lists')
   sv = student_vocab(student_vocab_)
@@ -348,7 +367,10 @@ def carry_topk_with_stats(
   def to_student(alt: bytes, a: int) -> Optional[int]:
     if alt in eos_set or any(alt.startswith(s) for s in stops):
       return sv.eos_id   # the teacher would stop here
-    return sv.first_id(key(alt, a))
+    kb = key(alt, a)
+    if ambiguous == 'rest' and sv.extends(kb):
+      return None
+    return sv.first_id(kb)
 
   def key(alt: bytes, a: int) -> bytes:
     # At the completion's start a dropped dummy prefix gives word-initial pieces.
@@ -409,7 +431,7 @@ def carry_topk(student_vocab: Any, student_target_ids: Sequence[int],
                teacher_tokens: Sequence[bytes],
                teacher_topk: Sequence[Sequence[tuple[bytes, float]]], *, k: int = 5,
                mismatch: str = 'zero', stop: Sequence[str] = (),
-               teacher_eos: Sequence[bytes] = TEACHER_EOS
+               teacher_eos: Sequence[bytes] = TEACHER_EOS, ambiguous: str = 'first'
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The teacher's top-k carried onto the student's vocabulary (module notes).
 
@@ -424,13 +446,16 @@ def carry_topk(student_vocab: Any, student_target_ids: Sequence[int],
     mismatch: 'zero' (weight 0) or 'uld' (sorted teacher log-probs, ids 0) for
       positions that do not align one to one.
     stop: the stop sequences that may have cut the completion.
+    teacher_eos: teacher tokens that mean end of sequence.
+    ambiguous: 'first' or 'rest' for alternatives shorter than a student piece
+      they begin (module notes).
   Returns:
     topk_ids [L, k] int32, topk_logprobs [L, k] float32 (absent entries id 0,
     log-prob −1e4), weights [L] float32 (1 aligned / ULD, 0 otherwise).
   """
   ids, lps, w, _ = carry_topk_with_stats(student_vocab, student_target_ids, teacher_tokens,
                                          teacher_topk, k=k, mismatch=mismatch, stop=stop,
-                                         teacher_eos=teacher_eos)
+                                         teacher_eos=teacher_eos, ambiguous=ambiguous)
   return ids, lps, w
 
 

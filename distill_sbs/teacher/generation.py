@@ -94,6 +94,7 @@ class CarryConfig:
   teacher_tokenizer: str = ''        # named in the manifest (e.g. 'Qwen/Qwen2.5-7B-Instruct')
   convention: str = 'auto'           # 'auto' | 'text' | 'sentencepiece' | 'byte_bpe'
   mismatch: str = 'zero'             # not one-to-one positions: 'zero' | 'uld'
+  ambiguous: str = 'first'           # alternatives shorter than a student piece: 'first' | 'rest'
   k: int = 5                         # student top-k rows
   student_spm_path: Optional[str] = None  # default: data.vocab.get_vocabulary()
   keep_raw: bool = True              # store the teacher's own top-k (teacher_tokens_raw)
@@ -102,6 +103,9 @@ class CarryConfig:
     if self.mismatch not in cross_tokenizer.MISMATCH_MODES:
       raise ValueError(f'CarryConfig.mismatch={self.mismatch!r}: expected one of '
                        f'{cross_tokenizer.MISMATCH_MODES}')
+    if self.ambiguous not in cross_tokenizer.AMBIGUOUS_MODES:
+      raise ValueError(f'CarryConfig.ambiguous={self.ambiguous!r}: expected one of '
+                       f'{cross_tokenizer.AMBIGUOUS_MODES}')
     if self.convention not in ('auto',) + cross_tokenizer.CONVENTIONS:
       raise ValueError(f'CarryConfig.convention={self.convention!r}')
     if self.k < 1:
@@ -128,7 +132,8 @@ class Carrier:
         tokens_bytes=c.token_bytes, top_bytes=c.top_bytes)
     sids = list(self.vocab.encode(c.text)) + [self.vocab.eos_id]
     ids, lps, _, st = cross_tokenizer.carry_topk_with_stats(
-        self.sv, sids, tok, top, k=cfg.k, mismatch=cfg.mismatch, stop=stop)
+        self.sv, sids, tok, top, k=cfg.k, mismatch=cfg.mismatch, stop=stop,
+        ambiguous=cfg.ambiguous)
     fields = schema.encode_topk(ids, lps, self.vocab.vocab_size)
     fields.update(teacher_target_ids=np.asarray(sids, np.int64),
                   teacher_topk_field='llm_output', teacher_vocab_hash=self.vocab_hash)

@@ -285,3 +285,23 @@ def test_raw_teacher_topk_round_trip():
   assert ct.decode_teacher_topk(blob) == (tokens, topk)   # values exact in float16
   # Each distinct string is stored once.
   assert blob.count(b' the') == 1
+
+
+def test_ambiguous_short_alternatives_can_go_to_the_rest_bucket(spm_vocab):
+  ids = spm_vocab.encode('the cat')
+  tokens = [b' the', b' cat']
+  # ' c' and ' s' are shorter than the student pieces '▁cat' / '▁sat' they begin.
+  topk = [[(b' the', -0.1)], [(b' cat', -0.5), (b' c', -1.5), (b' s', -2.0), (b'at', -3.0)]]
+  first = ct.carry_topk(spm_vocab, ids, tokens, topk)
+  _check(first, [[(ID['▁the'], -0.1)],
+                 [(ID['▁cat'], -0.5), (ID['▁'], float(np.logaddexp(-1.5, -2.0))), (ID['at'], -3.0)]],
+         [1, 1])
+  rest = ct.carry_topk(spm_vocab, ids, tokens, topk, ambiguous='rest')
+  _check(rest, [[(ID['▁the'], -0.1)], [(ID['▁cat'], -0.5), (ID['at'], -3.0)]], [1, 1])
+  # Identical tokenizations stay exact under 'rest' with a byte student.
+  text = b'abc'
+  out = ct.carry_topk(BYTES, [b + 3 for b in text], [text[:1], text[1:2], text[2:]],
+                      [[(b'a', -0.1), (b'b', -2.0)], [(b'b', -0.2)], [(b'c', -0.3)]],
+                      ambiguous='rest')
+  _check(out, [[(ord('a') + 3, -0.1), (ord('b') + 3, -2.0)], [(ord('b') + 3, -0.2)],
+               [(ord('c') + 3, -0.3)]], [1, 1, 1])
