@@ -160,10 +160,12 @@ def test_served_teacher_in_another_tokenizer_trains_first(tmp_path, monkeypatch,
   assert (lps[-1] > -1e3).any()   # the EOS row carries the teacher's <|endoftext|>
 
   # Calibrate on the carried distributions: the teacher is over-confident by ~2.
-  report = calibrate.main([f'--records={out}', '--split=validation', '--gold_field=llm_output'])
+  report = calibrate.main([f'--records={out}', '--split=validation', '--gold_field=llm_output',
+                           f'--plot_dir={tmp_path / "plots"}'])
   assert 1.4 < report['temperature'] < 3.0, report
   assert report['nll_after'] < report['nll_before'] and report['ece_after'] < report['ece_before']
   assert 'ECE  before' in capsys.readouterr().out
+  assert (tmp_path / 'plots' / 'teacher_reliability_after.png').stat().st_size > 0
 
   # A FIRST run of the project's trainer on the carried records.
   first.register_first_tasks('first_xt_e2e_test', str(out), vocabulary=vocab,
