@@ -139,20 +139,47 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalAxisRules) -> Any:
+class ShardingError(ValueError):
+  """A parameter's sharding cannot be built as the rules say."""
+
+
+def _path_str(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
+                  for k in path)
+
+
+@gin.configurable(module='distill_sbs.training.partitioning')
+def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalAxisRules,
+                         replicate: Sequence[str] = ()) -> Any:
   """Shardings for a tree of `nn.LogicallyPartitioned` (or plain) leaves.
 
-  A dimension whose size the mesh axis does not divide (e.g. 2 relative
-  position heads on a 4-way model axis) is replicated instead.
+  Never falls back silently: a logical axis no rule names, or a dimension whose
+  size its mesh axes do not divide (e.g. 2 relative-position heads on a 4-way
+  model axis), raises `ShardingError` naming the parameter and axis. A rule
+  mapping an axis to None replicates it; so does `replicate` (regexes of
+  parameter paths, e.g. [r'.*/relpos_bias/.*']) for the dimensions the mesh
+  does not divide.
   """
+  import re  # pylint: disable=g-import-not-at-top
+  known = {name for name, _ in rules}
   specs = nn.get_partition_spec(boxed_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
   values = nn.meta.unbox(boxed_tree)
+  spec_of = {_path_str(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+      specs, is_leaf=lambda x: isinstance(x, P))[0]}
+  allowed = [re.compile(r) for r in replicate]
 
-  def fit(sharding, value):
+  def fit(path, sharding, value):
+    name = _path_str(path)
     shape = getattr(value, 'shape', None)
     if shape is None or not isinstance(sharding, NamedSharding):
       return sharding
+    logical = tuple(spec_of.get(name) or ())
+    unknown = [a for a in logical if a is not None and a not in known]
+    if unknown:
+      raise ShardingError(f'parameter {name}: logical axis {unknown[0]!r} has no rule in '
+                          f'the logical axis rules {sorted(known)}; add one (None to '
+                          'replicate it)')
     spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
     for i, axes in enumerate(spec):
       if axes is None:
@@ -160,17 +187,26 @@ def logical_to_shardings(boxed_tree: Any, mesh: Mesh, rules: LogicalAxisRules) -
       names = axes if isinstance(axes, tuple) else (axes,)
       size = math.prod(mesh.shape[a] for a in names)
       if shape[i] % size:
-        spec[i] = None
+        if any(r.fullmatch(name) for r in allowed):
+          spec[i] = None
+          continue
+        axis = logical[i] if i < len(logical) else None
+        raise ShardingError(
+            f'parameter {name} {tuple(shape)}: dimension {i} (logical axis {axis!r}) has '
+            f'size {shape[i]}, not divisible by mesh axis {"x".join(names)} of size {size}; '
+            'change the model or mesh shape, a rule (None replicates the axis), or bind '
+            f'partitioning.logical_to_shardings.replicate = [{name!r}]')
     return NamedSharding(mesh, P(*spec))
-  return jax.tree.map(fit, shardings, values,
-                      is_leaf=lambda x: isinstance(x, NamedSharding))
+  return jax.tree_util.tree_map_with_path(
+      fit, shardings, values, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def opt_state_shardings(tx: Any, abstract_params: Any, param_shardings: Any,
                         abstract_opt_state: Any, mesh: Mesh) -> Any:
   """Optimizer state leaves shaped like their parameter share its sharding;
-  other leaves (counts, Adafactor's factored row/column statistics) are
-  replicated."""
+  smaller leaves of a parameter (Adafactor's factored row / column statistics)
+  and leaves that are not per parameter (counts) are replicated, by rule. Raises
+  `ShardingError` when the state cannot be matched to the parameters."""
   import optax  # pylint: disable=g-import-not-at-top
   rep = replicated(mesh)
 
@@ -182,8 +218,11 @@ def opt_state_shardings(tx: Any, abstract_params: Any, param_shardings: Any,
     return optax.tree_map_params(
         tx, f, abstract_opt_state, abstract_params, param_shardings,
         transform_non_params=lambda _: rep)
-  except Exception:  # pylint: disable=broad-except
-    return jax.tree.map(lambda _: rep, abstract_opt_state)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ShardingError(
+        f'optimizer state shardings: cannot match the state of {type(tx).__name__} to '
+        f'the parameters ({type(e).__name__}: {e}); replicating it would cost a full '
+        'copy per device') from e
 
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh
