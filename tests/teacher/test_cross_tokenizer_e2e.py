@@ -202,3 +202,47 @@ def test_served_teacher_in_another_tokenizer_trains_first(tmp_path, monkeypatch,
       async_checkpointing=False, initial_checkpoint_path=None, random_seed=1)
   before, after = kl_of(init), kl_of(meta.unbox(state.params))
   assert after < 0.5 * before, (before, after)
+
+
+def test_uld_records_train_with_the_uld_term(tmp_path, monkeypatch):
+  """--carry_mismatch=uld: unaligned tokens keep the teacher's sorted top-k, and
+  `uld.CrossTokenizerTopKLoss` trains on both kinds of rows."""
+  from distill_sbs.distill import uld  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(KEY_ENV, SECRET)
+  spm_path = _student_spm(tmp_path / 'student.model')
+  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=0)
+  teacher = BigramTeacher()
+  out = tmp_path / 'first_uld'
+  with LoopbackServer(teacher.respond, tokenizer=teacher) as server:
+    backend = openai_backend.OpenAIBackend(server.base_url, 'bigram', api_key_env=KEY_ENV)
+    manifest = generation.run(
+        generation.GenerationConfig(out_dir=str(out), dataset='cqa', split='train',
+                                    input_jsonl=_rows(tmp_path / 'train.jsonl', 32, 0),
+                                    progress=False),
+        backend, base.SamplingConfig(top_logprobs=5),
+        generation.CarryConfig(student_spm_path=spm_path, mismatch='uld'))
+  xt = manifest['cross_tokenizer']
+  assert xt['uld'] > 0 and xt['zero'] < xt['uld'] and xt['mismatch'] == 'uld'
+  recs = list(schema.read_records(str(out / 'train.tfrecord-*')))
+  assert any(ct.is_uld_row(*schema.decode_topk(r)).any() for r in recs)
+  first.register_first_tasks('first_xt_uld_test', str(out), vocabulary=vocab)
+  lengths = {'inputs': IN_LEN, 'targets': TGT_LEN}
+  loss_fn = uld.CrossTokenizerTopKLoss(
+      base=losses.TopKDistillLoss(kl_weight=1.0, rest_bucket=True), uld_weight=1.0)
+  config = models.T5Config(vocab_size=32, emb_dim=32, num_heads=4, head_dim=8, mlp_dim=48,
+                           num_encoder_layers=1, num_decoder_layers=2,
+                           relative_attention_num_buckets=8, relative_attention_max_distance=20)
+  model = training_model.EncoderDecoderModel(
+      module=models.Transformer(config), input_vocabulary=vocab, output_vocabulary=vocab,
+      optimizer_def=optax.adam(1e-2), loss_fn=loss_fn)
+  train_loop.train(
+      model=model, model_dir=str(tmp_path / 'student'), total_steps=20, log_period=5,
+      train_dataset_cfg=input_pipeline.DatasetConfig(
+          'first_xt_uld_test', lengths, batch_size=16, shuffle=False, module=None,
+          feature_converter_cls=topk.TopKFeatureConverter),
+      checkpoint_period=1000, keep_checkpoints=1, progress_bar=False,
+      async_checkpointing=False, initial_checkpoint_path=None, random_seed=1)
+  rows = [json.loads(l) for l in (tmp_path / 'student' / 'metrics.jsonl').read_text().splitlines()]
+  rows = [r for r in rows if 'uld' in r]
+  assert rows[0]['uld_tokens'] > 0
+  assert rows[-1]['uld'] < rows[0]['uld'] and rows[-1]['kl'] < rows[0]['kl'], rows
