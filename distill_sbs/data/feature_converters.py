@@ -1,4 +1,9 @@
-"""The step-by-step feature converter: label and rationale rows, packable.
+"""Encoder-decoder feature converters that pack first-fit; the step-by-step one.
+
+`EncDecFeatureConverter` is seqio's, packing with `data.packing.pack_dataset`
+(several open rows, first fit) instead of seqio's in-order packer; it is the
+project model's default converter, and the step-by-step and FIRST converters
+build on it.
 
 Distilling step-by-step trains on `sbs_{ds}_paired_{llm,gold}`, whose examples
 carry a label pair (`inputs` 'predict: …' → `targets` label) and a rationale
@@ -33,7 +38,7 @@ pack=False (each row padded):
   decoder_loss_weights  [[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], …]    [4, 6]
   decoder_task_ids      [[0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], …]    [4, 6]
 
-pack=True (rows concatenated greedily while both features fit):
+pack=True (first-fit packing; here rows in order happen to fit):
 
   encoder_input_tokens  [[p, a, 1, e, a, 1, 0, 0], [p, b, 1, e, b, 1, 0, 0]]
   encoder_segment_ids   [[1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 2, 2, 2, 0, 0]]
@@ -57,25 +62,42 @@ import gin
 import seqio
 import tensorflow as tf
 
+from distill_sbs.data import packing
 from distill_sbs.distill import losses
 
 RATIONALE_FEATURES = ('rationale_inputs', 'rationale_targets')
 LABEL_TASK_ID = losses.LABEL_TASK_ID
 RATIONALE_TASK_ID = losses.RATIONALE_TASK_ID
-# The rows' per-target-token task feature before conversion, stored as task
-# id + 1: seqio's packer takes a feature's length to be its count of non-zero
-# entries, so a real value may never be 0.
-TASK_IDS = 'task_ids_plus_one'
+TASK_IDS = 'task_ids'  # the rows' per-target-token task feature before conversion
 
 
 def _row(inputs: tf.Tensor, targets: tf.Tensor, task_id: int) -> dict[str, tf.Tensor]:
   targets = tf.cast(targets, tf.int32)
   return {'inputs': tf.cast(inputs, tf.int32), 'targets': targets,
-          TASK_IDS: tf.fill(tf.shape(targets), tf.constant(task_id + 1, tf.int32))}
+          TASK_IDS: tf.fill(tf.shape(targets), tf.constant(task_id, tf.int32))}
+
+
+class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """seqio's `EncDecFeatureConverter` with first-fit packing (`data.packing`).
+
+  Same features, segment ids and positions as seqio's; rows are fuller.
+  `num_bins` open rows are kept while packing.
+  """
+
+  def __init__(self, pack: bool = True, num_bins: int = packing.DEFAULT_NUM_BINS,
+               **kwargs):
+    self.num_bins = int(num_bins)
+    super().__init__(pack=pack, **kwargs)
+
+  def _pack_or_pad(self, ds: tf.data.Dataset, packed_lengths: Mapping[str, int]
+                   ) -> tf.data.Dataset:
+    if not self.pack:
+      return super()._pack_or_pad(ds, packed_lengths)
+    return packing.pack_dataset(ds, packed_lengths, self.num_bins)
 
 
 @gin.configurable
-class PairedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+class PairedEncDecFeatureConverter(EncDecFeatureConverter):
   """Label and rationale rows per example, padded or packed (module docstring)."""
 
   MODEL_FEATURES = {
@@ -109,7 +131,7 @@ class PairedEncDecFeatureConverter(seqio.EncDecFeatureConverter):
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     d = dict(super()._convert_example(features))
-    d['decoder_task_ids'] = tf.maximum(features[TASK_IDS] - 1, 0)  # padding -> 0
+    d['decoder_task_ids'] = features[TASK_IDS]
     return d
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]

@@ -27,6 +27,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from distill_sbs.data import feature_converters
 from distill_sbs.data import record_sources
 from distill_sbs.distill import temperature as temperature_lib
 
@@ -97,41 +98,37 @@ def topk_output_features() -> dict[str, seqio.Feature]:
           'teacher_topk_logprobs': seqio.Feature(v, add_eos=False, dtype=tf.float32, rank=2)}
 
 
-class TopKFeatureConverter(seqio.EncDecFeatureConverter):
+class TopKFeatureConverter(feature_converters.EncDecFeatureConverter):
   """`EncDecFeatureConverter` + the teacher top-k as `decoder_topk_*` [Lt, k].
 
   `task_feature_lengths` needs only `inputs` and `targets` (T5X's
   TASK_FEATURE_LENGTHS): the top-k rows take the targets length. With
-  pack=True the [L, k] rows travel with their tokens: each is flattened to
-  [L·k] and packed with length targets·k, so the packer (which places a piece
-  only where every feature fits) puts token t's k entries at positions
-  t·k … t·k+k−1 of the packed row, and the result is reshaped to [Lt, k]:
+  pack=True the [L, k] rows travel with their tokens (the packer places whole
+  [L, k] pieces where the targets go):
 
     targets        [A, B, 1]          [C, 1]
     topk_ids       [[a…], [b…], [e…]] [[c…], [e…]]     (k entries per token)
     packed targets [A, B, 1, C, 1, 0]                  Lt = 6
     packed topk    [[a…], [b…], [e…], [c…], [e…], [0…]]   [6, k]
-
-  `k` is taken from the dataset's static shape, else from the argument.
   """
 
   TASK_FEATURES = {
-      **seqio.EncDecFeatureConverter.TASK_FEATURES,
+      **feature_converters.EncDecFeatureConverter.TASK_FEATURES,
       'teacher_topk_ids': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=2),
       'teacher_topk_logprobs': seqio.FeatureConverter.FeatureSpec(dtype=tf.float32, rank=2),
   }
   MODEL_FEATURES = {
-      **seqio.EncDecFeatureConverter.MODEL_FEATURES,
+      **feature_converters.EncDecFeatureConverter.MODEL_FEATURES,
       'decoder_topk_ids': seqio.FeatureConverter.FeatureSpec(dtype=tf.int32, rank=2),
       'decoder_topk_logprobs': seqio.FeatureConverter.FeatureSpec(dtype=tf.float32, rank=2),
   }
 
-  def __init__(self, pack: bool = False, k: int = 5, **kwargs):
-    self.k = int(k)
+  def __init__(self, pack: bool = False, **kwargs):
     super().__init__(pack=pack, **kwargs)
     if pack:
-      # seqio refuses to pack model features of rank > 1; ours are packed flat
-      # (`_convert_features`) and checked as rank 2 (`_validate_dataset`).
+      # seqio refuses to pack model features of rank > 1 (its packer cannot);
+      # ours (`data.packing`) can, and they are checked as rank 2
+      # (`_validate_dataset`).
       self.MODEL_FEATURES = {
           name: (dataclasses.replace(spec, rank=1) if name in TOPK_MODEL_FEATURES else spec)
           for name, spec in type(self).MODEL_FEATURES.items()}
@@ -141,7 +138,8 @@ class TopKFeatureConverter(seqio.EncDecFeatureConverter):
     if not all(f in ds.element_spec for f in TOPK_TASK_FEATURES):
       # A plain task (e.g. gold-label evaluation): the standard conversion.
       plain = {k: v for k, v in task_feature_lengths.items() if k not in TOPK_TASK_FEATURES}
-      return seqio.EncDecFeatureConverter(pack=self.pack, bos_id=self.bos_id)(ds, plain)
+      return feature_converters.EncDecFeatureConverter(
+          pack=self.pack, bos_id=self.bos_id, num_bins=self.num_bins)(ds, plain)
     lengths = dict(task_feature_lengths)
     if 'targets' not in lengths:
       raise ValueError(f'task_feature_lengths {sorted(lengths)} needs "targets"')
@@ -155,32 +153,6 @@ class TopKFeatureConverter(seqio.EncDecFeatureConverter):
         name: (dataclasses.replace(spec, rank=2) if name in _TOPK_FEATURE_NAMES else spec)
         for name, spec in expected_features.items()}
     return super()._validate_dataset(ds, expected_features, *args, **kwargs)
-
-  def _convert_features(self, ds: tf.data.Dataset,
-                        task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
-    k = ds.element_spec['teacher_topk_ids'].shape[-1] or self.k
-    dec_len = int(task_feature_lengths['targets'])
-
-    # seqio's packer and padder handle int32 features whose length is their
-    # count of non-zero entries: ids travel as id + 1 and log-probs as their
-    # float32 bits, with 0.0 written as -0.0 (non-zero bits, same value).
-    def flatten(ex):  # [L, k] -> [L·k]
-      lps = tf.cast(ex['teacher_topk_logprobs'], tf.float32)
-      lps = tf.where(tf.equal(lps, 0.0), tf.constant(-0.0, tf.float32), lps)
-      return {**ex, 'teacher_topk_ids': tf.reshape(tf.cast(ex['teacher_topk_ids'], tf.int32)
-                                                   + 1, [-1]),
-              'teacher_topk_logprobs': tf.reshape(tf.bitcast(lps, tf.int32), [-1])}
-
-    def unflatten(ex):  # [Lt·k] -> [Lt, k]; padding: id 0, log-prob 0.0
-      ids = tf.maximum(tf.reshape(ex['teacher_topk_ids'], [dec_len, k]) - 1, 0)
-      lps = tf.bitcast(tf.reshape(ex['teacher_topk_logprobs'], [dec_len, k]), tf.float32)
-      return {**ex, 'teacher_topk_ids': ids, 'teacher_topk_logprobs': lps}
-
-    lengths = {'inputs': int(task_feature_lengths['inputs']), 'targets': dec_len,
-               **{f: dec_len * k for f in TOPK_TASK_FEATURES}}
-    ds = self._pack_or_pad(ds.map(flatten, num_parallel_calls=tf.data.AUTOTUNE), lengths)
-    ds = ds.map(unflatten, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
     d = dict(super()._convert_example(features))

@@ -99,7 +99,9 @@ class DemoConfig:
     if self.pretrained:
       path = str(pathlib.Path(self.pretrained).expanduser().resolve())
       init = [f'INITIAL_CHECKPOINT_PATH={path!r}']
-    return [f'LEARNING_RATE={self.lr}', *init, f'BATCH_SIZE={self.batch_size}',
+    # PACK=False: a row is one example's label or rationale, so both methods
+    # see the same examples per step (packing would fill label rows with more).
+    return [f'LEARNING_RATE={self.lr}', *init, f'BATCH_SIZE={self.batch_size}', 'PACK=False',
             f'INPUTS_LENGTH={self.input_length}', f'LABEL_LENGTH={self.label_length}',
             f'RATIONALE_LENGTH={self.target_length}',
             f'EVAL_PERIOD={max(1, self.train_steps // 4)}',

@@ -14,6 +14,7 @@ import seqio
 from flax import linen as nn
 
 from distill_sbs import models
+from distill_sbs.data import feature_converters
 from distill_sbs.distill import losses as losses_lib
 
 Array = jnp.ndarray
@@ -40,7 +41,7 @@ class EncoderDecoderModel:
     max_decode_length: default decode length when the batch has no targets.
   """
 
-  FEATURE_CONVERTER_CLS = seqio.EncDecFeatureConverter
+  FEATURE_CONVERTER_CLS = feature_converters.EncDecFeatureConverter
 
   def __init__(self, module: nn.Module, input_vocabulary: seqio.Vocabulary,
                output_vocabulary: seqio.Vocabulary, optimizer_def: Any,
