@@ -427,5 +427,7 @@ def run(config: GenerationConfig, backend, sampling: SamplingConfig,
   if carrier is not None:
     manifest['cross_tokenizer'] = carrier.describe(
         [index[ex.id] for ex in examples if ex.id in index])
+    # Unnamed: the served model's name stands for its tokenizer.
+    manifest['cross_tokenizer']['teacher_tokenizer'] = carry.teacher_tokenizer or backend.model
   io_utils.write_json_atomic(os.path.join(config.out_dir, io_utils.MANIFEST), manifest)
   return manifest

@@ -246,3 +246,20 @@ def test_uld_records_train_with_the_uld_term(tmp_path, monkeypatch):
   rows = [r for r in rows if 'uld' in r]
   assert rows[0]['uld_tokens'] > 0
   assert rows[-1]['uld'] < rows[0]['uld'] and rows[-1]['kl'] < rows[0]['kl'], rows
+
+
+def test_chat_token_bytes_are_kept_and_win_over_the_spelling():
+  from openai.types.chat.chat_completion import Choice  # pylint: disable=g-import-not-at-top
+  choice = Choice.model_validate({
+      'index': 0, 'finish_reason': 'stop', 'message': {'role': 'assistant', 'content': 'é'},
+      'logprobs': {'content': [
+          {'token': 'bytes:\\xc3', 'logprob': -0.1, 'bytes': [0xC3],
+           'top_logprobs': [{'token': 'bytes:\\xc3', 'logprob': -0.1, 'bytes': [0xC3]}]},
+          {'token': '?', 'logprob': -0.2, 'bytes': [0xA9],
+           'top_logprobs': [{'token': '?', 'logprob': -0.2, 'bytes': [0xA9]},
+                            {'token': 'x', 'logprob': -3.0, 'bytes': None}]}]}})
+  c = openai_backend._completion_from_choice(choice, chat=True)  # pylint: disable=protected-access
+  assert c.token_bytes == [[0xC3], [0xA9]] and c.top_bytes == [[[0xC3]], [[0xA9], None]]
+  tok, top, _ = ct.decode_teacher_tokens(c.tokens, c.top_logprobs, c.text,
+                                         tokens_bytes=c.token_bytes, top_bytes=c.top_bytes)
+  assert tok == [b'\xc3', b'\xa9'] and top[1] == [(b'\xa9', -0.2), (b'x', -3.0)]
