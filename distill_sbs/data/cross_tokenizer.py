@@ -310,8 +310,9 @@ class _OffsetMap:
 
 def _merge(pairs: Iterable[tuple[Optional[int], float]], k: int
            ) -> tuple[np.ndarray, np.ndarray, float]:
-  """Adds the probabilities of alternatives mapping to one student id; the k
-  largest, order of first appearance among equals. (ids [k], lps [k], mass)."""
+  """Adds the probabilities of alternatives mapping to one student id; keeps
+  the k largest in the order they first appear (the teacher's order, so equal
+  tokenizations give its rows unchanged). (ids [k], lps [k], mass)."""
   acc: dict[int, list[float]] = {}
   for sid, lp in pairs:
     if sid is None or not lp > ABSENT_LOGPROB / 10:
@@ -319,7 +320,7 @@ def _merge(pairs: Iterable[tuple[Optional[int], float]], k: int
     acc.setdefault(sid, []).append(lp)
   merged = [(sid, lps[0] if len(lps) == 1 else float(np.logaddexp.reduce(lps)))
             for sid, lps in acc.items()]
-  order = sorted(range(len(merged)), key=lambda i: -merged[i][1])[:k]
+  order = sorted(sorted(range(len(merged)), key=lambda i: -merged[i][1])[:k])
   ids = np.zeros(k, np.int32)
   lps = np.full(k, ABSENT_LOGPROB, np.float32)
   for j, i in enumerate(order):

@@ -305,3 +305,16 @@ def test_ambiguous_short_alternatives_can_go_to_the_rest_bucket(spm_vocab):
                       ambiguous='rest')
   _check(out, [[(ord('a') + 3, -0.1), (ord('b') + 3, -2.0)], [(ord('b') + 3, -0.2)],
                [(ord('c') + 3, -0.3)]], [1, 1, 1])
+
+
+def test_the_teacher_order_is_kept_and_the_k_largest_chosen():
+  text = b'ab'
+  ids = [b + 3 for b in text]
+  # An unsorted top-k comes back in its own order; with more than k distinct
+  # ids the k largest stay, in that order.
+  topk = [[(b'x', -2.0), (b'a', -0.5), (b'y', -1.0)], [(b'b', -0.1)]]
+  out = ct.carry_topk(BYTES, ids, [b'a', b'b'], topk, k=5)
+  _check(out, [[(ord('x') + 3, -2.0), (ord('a') + 3, -0.5), (ord('y') + 3, -1.0)],
+               [(ord('b') + 3, -0.1)]], [1, 1])
+  ids2, lps2, _ = ct.carry_topk(BYTES, ids, [b'a', b'b'], topk, k=2)
+  np.testing.assert_array_equal(ids2[0], [ord('a') + 3, ord('y') + 3])
