@@ -22,17 +22,17 @@ one row per student target token:
      completion text ends (the teacher's EOS, or the token a stop sequence cut):
      that token, teacher EOS tokens and alternatives starting with a stop
      sequence map to the student's EOS.
-  An alternative shorter than some student piece it begins (a byte teacher's
-     ' ' before the student's ' the') is ambiguous: `ambiguous='first'` (the
-     default, exact when the tokenizations are equal) gives its mass to the
-     student token it begins with; `ambiguous='rest'` leaves it to the rest
-     bucket (docs/cross_tokenizer.md measures both).
+     An alternative shorter than some student piece it begins (a byte
+     teacher's ' ' before the student's ' the') is ambiguous:
+     `ambiguous='first'` (the default, exact when the tokenizations are equal)
+     gives its mass to the student token it begins with; `ambiguous='rest'`
+     leaves it to the rest bucket (docs/cross_tokenizer.md measures both).
   4. Other positions (merges, splits, student text the teacher did not
      produce): `mismatch='zero'` gives loss weight 0 (the row is all absent:
      id 0, log-prob −1e4, so the top-k KL of the unchanged loss is 0 there);
      `mismatch='uld'` stores the sorted top-k log-probs of the teacher token
      starting at (or covering) the student token's first byte, with ids all 0
-     (pad), for the sorted-probability loss `distill.uld.UldTopKLoss`
+     (pad), for the sorted-probability loss `distill.uld.CrossTokenizerTopKLoss`
      (Boizard et al., 2024).
 
 When the teacher's tokenization equals the student's, the output equals the
