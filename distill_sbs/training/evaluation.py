@@ -67,11 +67,49 @@ def _gather(x: jax.Array) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _padded_batches(ds: tf.data.Dataset, batch_size: int
+MIN_BUCKET = 16
+
+
+def bucket_length(n: int, full: int) -> int:
+  """The padded length of a bucket holding rows up to `n` real tokens: the next
+  power of two (at least MIN_BUCKET), at most the dataset's `full` length, so a
+  few shapes are compiled."""
+  b = MIN_BUCKET
+  while b < n:
+    b *= 2
+  return min(b, full)
+
+
+def _real_length(x: np.ndarray) -> int:
+  """Rows' longest real prefix: the last non-zero position + 1 (padding is 0)."""
+  nz = np.nonzero(x.reshape(x.shape[0], -1) if x.ndim > 2 else x)[1]
+  return int(nz.max()) + 1 if nz.size else 1
+
+
+def _padded_batches(ds: tf.data.Dataset, batch_size: int,
+                    trim: Sequence[Sequence[str]] = ()
                     ) -> Sequence[tuple[np.ndarray, dict[str, np.ndarray], int]]:
-  """(indices, features padded to batch_size rows, number of real rows)."""
+  """(indices, features padded to batch_size rows, number of real rows).
+
+  With `trim` (groups of feature names sharing a length axis), rows are sorted
+  by their real length in the first feature of the first group and every group
+  is cut to `bucket_length` of its batch's longest row: batches of short rows
+  do no work on padding (the results are the same rows, by index)."""
+  rows = list(ds.as_numpy_iterator())
+  if trim:
+    key = trim[0][0]
+    rows.sort(key=lambda r: -_real_length(r[1][key][None]))
   out = []
-  for idx, feats in ds.batch(batch_size).as_numpy_iterator():
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    idx = np.array([i for i, _ in chunk])
+    feats = {k: np.stack([f[k] for _, f in chunk]) for k in chunk[0][1]}
+    for group in trim:
+      present = [k for k in group if k in feats]
+      if present:
+        full = feats[present[0]].shape[1]
+        n_len = bucket_length(max(_real_length(feats[k]) for k in present), full)
+        feats.update({k: feats[k][:, :n_len] for k in present})
     n = len(idx)
     if n < batch_size:
       feats = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, 0)])
@@ -84,8 +122,10 @@ class Predictor:
   """Jitted, sharded `predict_batch_with_aux` / `score_batch` over seqio eval datasets
   (enumerated: `(index, features)` elements, as `seqio.Evaluator` gives them)."""
 
-  def __init__(self, model, mesh, rules, param_shardings, batch_size: int):
+  def __init__(self, model, mesh, rules, param_shardings, batch_size: int,
+               bucket: bool = True):
     self.model, self.mesh, self.rules = model, mesh, list(rules)
+    self.bucket = bucket  # sort rows by length and cut padding (same results)
     data_size = mesh.shape[partitioning.DATA_AXIS]
     if batch_size % data_size:
       batch_size += data_size - batch_size % data_size
@@ -100,22 +140,25 @@ class Predictor:
     self._score = jax.jit(model.score_batch, in_shardings=(param_shardings, dsh),
                           out_shardings=dsh)
 
-  def _run(self, fn: Callable, ds: tf.data.Dataset, keys: Sequence[str]) -> list:
+  def _run(self, fn: Callable, ds: tf.data.Dataset, keys: Sequence[str],
+           trim: Sequence[Sequence[str]] = ()) -> list:
     from flax import linen as nn  # pylint: disable=g-import-not-at-top
     results = []
-    for idx, feats, n in _padded_batches(ds, self.batch_size):
+    for idx, feats, n in _padded_batches(ds, self.batch_size, trim if self.bucket else ()):
       batch = _to_global({k: feats[k] for k in keys if k in feats}, self.mesh)
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
         out = jax.tree.map(_gather, fn(batch))
       rows = (list(zip(*(x[:n].tolist() for x in out))) if isinstance(out, tuple)
               else out[:n].tolist())
       results.extend(zip(idx[:n].tolist(), rows))
-    return results
+    return sorted(results, key=lambda r: r[0])
 
   def predict_with_aux_fn(self, params: Any, rng: Optional[jax.Array] = None):
     """ds -> [(index, (tokens, sequence log-prob))]."""
     keys = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens')
-    return lambda ds: self._run(lambda b: self._predict(params, b, rng), ds, keys)
+    # Only the encoder is cut: the decoder length is the decode length.
+    trim = (('encoder_input_tokens',),)
+    return lambda ds: self._run(lambda b: self._predict(params, b, rng), ds, keys, trim)
 
   def predict_fn(self, params: Any, rng: Optional[jax.Array] = None):
     """ds -> [(index, tokens)] (seqio's `predict_fn`)."""
@@ -126,7 +169,9 @@ class Predictor:
     """ds -> [(index, summed target log-prob)] (seqio's `score_fn`)."""
     keys = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens',
             'decoder_loss_weights')
-    return lambda ds: self._run(lambda b: self._score(params, b), ds, keys)
+    trim = (('encoder_input_tokens',), ('decoder_target_tokens', 'decoder_input_tokens',
+                                        'decoder_loss_weights'))
+    return lambda ds: self._run(lambda b: self._score(params, b), ds, keys, trim)
 
 
 _INIT_SHAPES = {'encoder_input_tokens': (1, 8), 'decoder_input_tokens': (1, 8),
