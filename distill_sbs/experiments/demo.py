@@ -101,7 +101,9 @@ class DemoConfig:
       init = [f'INITIAL_CHECKPOINT_PATH={path!r}']
     # PACK=False: a row is one example's label or rationale, so both methods
     # see the same examples per step (packing would fill label rows with more).
+    # ALLOW_TRUNCATION: the CPU budget's short lengths cut long rationales, knowingly.
     return [f'LEARNING_RATE={self.lr}', *init, f'BATCH_SIZE={self.batch_size}', 'PACK=False',
+            'ALLOW_TRUNCATION=True',
             f'INPUTS_LENGTH={self.input_length}', f'LABEL_LENGTH={self.label_length}',
             f'RATIONALE_LENGTH={self.target_length}',
             f'EVAL_PERIOD={max(1, self.train_steps // 4)}',

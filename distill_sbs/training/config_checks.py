@@ -1,8 +1,9 @@
 """Configuration checks that run before the first training step.
 
 * `check_macro_bindings`: a command-line macro (`--gin.NAME=` / `--gin_bindings`)
-  that nothing references fails naming the closest existing macro; one whose
-  value has a different type than the gin files give it fails naming it.
+  that nothing references (and no file defines) fails naming the closest
+  existing macro; one whose value has a different type than the gin files give
+  it fails naming it.
 * `check_paired_batch`: a paired step-by-step task needs an even per-host batch
   (each example is a label row and a rationale row).
 * `check_lengths`: how many of the first N examples each feature length would
@@ -93,23 +94,28 @@ _KNOWN = {'TRAIN_STEPS': 'number', 'BATCH_SIZE': 'number', 'MODEL_DIR': 'str',
 
 def check_macro_bindings(bindings: Sequence[str], gin_files: Sequence[str] = (),
                          search_paths: Sequence[str] = ()) -> None:
-  """Raises `ConfigError` for an unreferenced or wrongly typed command-line macro."""
+  """Raises `ConfigError` for a command-line macro that nothing references and
+  no gin file defines (a typo), or whose type differs from the files' value.
+
+  A macro the files define but this composition does not use (a sweep's
+  dataset lengths for a method without rationales) passes."""
   given = binding_macros(bindings)
   if not given:
     return
+  try:
+    in_files = gin_macros.read_macros(gin_files, search_paths=search_paths) if gin_files else {}
+  except Exception:  # pylint: disable=broad-except
+    in_files = None  # unreadable as text: no unknown-macro check
   bound, referenced = live_macros()
   errors = []
   for name in given:
-    if name not in referenced:
+    if in_files is not None and name not in referenced and name not in in_files:
       close = (difflib.get_close_matches(name, sorted(referenced), n=1, cutoff=0.6)
                or difflib.get_close_matches(name, sorted(bound - {name}), n=1, cutoff=0.6))
       hint = f'; did you mean {close[0]}?' if close else ''
       errors.append(f'gin macro {name} is set on the command line but nothing in the gin '
                     f'files references it (%{name}){hint}')
-  try:
-    in_files = gin_macros.read_macros(gin_files, search_paths=search_paths) if gin_files else {}
-  except Exception:  # pylint: disable=broad-except
-    in_files = {}
+  in_files = in_files or {}
   for name, value in given.items():
     got = _kind(gin_macros._resolve(value, {**in_files, **given}, (name,)))  # pylint: disable=protected-access
     want = _kind(in_files.get(name)) or _KNOWN.get(name)

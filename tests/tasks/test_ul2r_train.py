@@ -39,7 +39,7 @@ def test_ul2r_tiny_trains_and_hands_off_to_sbs(sbs_data_dir, tmp_path, monkeypat
   # the [NLU] variants of the sbs tasks (0 steps: the state is the loaded one).
   state, _ = _train('gin/ul2r/cqa_sbs_tiny_from_ul2r.gin', [
       f"UL2R_MODEL_DIR = '{ul2r_dir}'", f"MODEL_DIR = '{tmp_path / 'sbs'}'",
-      'TRAIN_STEPS = 0', 'BATCH_SIZE = 8', 'EVAL_PERIOD = 0',
+      'TRAIN_STEPS = 0', 'BATCH_SIZE = 8', 'EVAL_PERIOD = 0', 'ALLOW_TRUNCATION = True',
       "TASK_FEATURE_LENGTHS = {'inputs': 96, 'targets': 48}"])
   saved = checkpoint_formats.read_params(str(ul2r_dir))
   got = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
