@@ -95,3 +95,20 @@ def test_hf_config_mismatch_lists_fields(tmp_path):
   for field in ('num_encoder_layers: 2 in config.json, 1 in the model gin',
                 'num_decoder_layers: 2', "mlp_activations: ('silu', 'linear')"):
     assert field in err, err[-2000:]
+
+
+def test_defined_but_unused_macro_passes(tmp_path):
+  import gin  # pylint: disable=import-outside-toplevel
+  f = tmp_path / 'x.gin'
+  f.write_text('A = 1\nB = %A\nUNUSED = 2\n')
+  with gin.unlock_config():
+    gin.clear_config()
+    try:
+      gin.parse_config_files_and_bindings([str(f)], ['UNUSED = 3', 'A = 4'],
+                                          finalize_config=False)
+      config_checks.check_macro_bindings(['UNUSED = 3', 'A = 4'], [str(f)])  # a sweep's lengths
+      gin.parse_config_files_and_bindings([], ['B2 = 5'], finalize_config=False)
+      with pytest.raises(config_checks.ConfigError, match='gin macro B2 .*did you mean B'):
+        config_checks.check_macro_bindings(['B2 = 5'], [str(f)])
+    finally:
+      gin.clear_config()
