@@ -21,6 +21,7 @@ import tensorflow as tf
 from distill_sbs.data import flan
 from distill_sbs.data import formats
 from distill_sbs.data import paths
+from distill_sbs.data import record_sources
 from distill_sbs.data import schema
 from distill_sbs.data import vocab as vocab_lib
 from distill_sbs.tasks import sbs
@@ -41,9 +42,10 @@ def flan_options(seed: int = 0, fs_k: Optional[int] = None,
 
 
 def _records(ds: str, split: str, records_dir: Optional[str]) -> list[dict]:
+  root = records_dir or paths.dataset_dir(ds)
   files = schema.split_files(
-      records_dir or paths.dataset_dir(ds), split,
-      f'run `python -m distill_sbs.data.prepare` or set ${paths.DATA_DIR_ENV}')
+      root, split, f'run `python -m distill_sbs.data.prepare` or set ${paths.DATA_DIR_ENV}')
+  record_sources.verify_shards(root, split, files)
   out = []
   for f in files:
     out.extend(schema.read_records(f))

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from distill_sbs.data import formats
 from distill_sbs.data import paths
+from distill_sbs.data import record_sources
 from distill_sbs.data import schema
 from distill_sbs.data import ul2
 from distill_sbs.data import vocab as vocab_lib
@@ -189,8 +190,10 @@ def corpus_source(datasets: Sequence[str],
   def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None):
     files = []
     for ds in datasets:
-      files += schema.split_files(paths.dataset_dir(ds), split,
-                                  'UL2R corpus: run python -m distill_sbs.data.prepare first')
+      found = schema.split_files(paths.dataset_dir(ds), split,
+                                 'UL2R corpus: run python -m distill_sbs.data.prepare first')
+      record_sources.verify_shards(paths.dataset_dir(ds), split, found)
+      files += found
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_files:
       files_ds = files_ds.shuffle(len(files), seed=seed)
