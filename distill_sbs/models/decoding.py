@@ -82,22 +82,27 @@ def _filter_logits(logits: Array, topk: int, topp: float) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'sample',
-                                             'topk', 'topp'))
+                                             'topk', 'topp', 'record_topk'))
 def _greedy_or_sample(params, encoder_input_tokens, rng, temperature, *, config,
-                      max_decode_length, sample, topk, topp):
+                      max_decode_length, sample, topk, topp, record_topk=0):
   model = Transformer(config)
   batch = encoder_input_tokens.shape[0]
   encoded, cache = _encode_and_init_cache(model, params, encoder_input_tokens,
                                           max_decode_length)
+  k = max(record_topk, 1)
 
   def cond(state):
-    i, _, _, done, _, _, _ = state
+    i, _, _, done, _, _, _, _ = state
     return (i < max_decode_length) & ~jnp.all(done)
 
   def body(state):
-    i, tokens, token, done, logp, cache, rng = state
+    i, tokens, token, done, logp, cache, rng, (top_ids, top_lps) = state
     log_probs, cache = _step(model, params, cache, encoded, encoder_input_tokens, token,
                              max_decode_length)
+    if record_topk:  # the model's own next-token top-k at this position
+      values, ids = jax.lax.top_k(log_probs.astype(jnp.float32), k)   # [batch, k]
+      top_ids = top_ids.at[:, i].set(jnp.where(done[:, None], 0, ids.astype(jnp.int32)))
+      top_lps = top_lps.at[:, i].set(jnp.where(done[:, None], 0.0, values))
     if sample:
       rng, sub = jax.random.split(rng)
       scaled = _filter_logits(log_probs / jnp.maximum(temperature, 1e-9), topk, topp)
@@ -109,13 +114,15 @@ def _greedy_or_sample(params, encoder_input_tokens, rng, temperature, *, config,
     logp = logp + jnp.where(done, 0.0, step_logp)
     tokens = tokens.at[:, i].set(nxt)
     done = done | (nxt == EOS_ID)
-    return i + 1, tokens, nxt, done, logp, cache, rng
+    return i + 1, tokens, nxt, done, logp, cache, rng, (top_ids, top_lps)
 
+  topk_state = (jnp.zeros((batch, max_decode_length, k), jnp.int32),   # [b, T, k]
+                jnp.zeros((batch, max_decode_length, k), jnp.float32))
   state = (jnp.array(0, jnp.int32), jnp.zeros((batch, max_decode_length), jnp.int32),
            jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
-           jnp.zeros((batch,), jnp.float32), cache, rng)
-  _, tokens, _, _, logp, _, _ = jax.lax.while_loop(cond, body, state)
-  return tokens, logp
+           jnp.zeros((batch,), jnp.float32), cache, rng, topk_state)
+  _, tokens, _, _, logp, _, _, topk_out = jax.lax.while_loop(cond, body, state)
+  return tokens, logp, topk_out
 
 
 def _gather_beams(tree, origin: Array, batch: int, flat: bool, skip_cross: bool = False):
@@ -206,17 +213,23 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
              topk: int = 0, topp: float = 0.0, rng: Optional[Array] = None, seed: int = 0,
              num_beams: Optional[int] = None, beam_size: Optional[int] = None,
              alpha: Optional[float] = None, brevity_penalty: Optional[float] = None,
-             return_all_beams: bool = False) -> tuple[Array, Array]:
+             return_all_beams: bool = False, return_topk: int = 0) -> tuple[Array, ...]:
   """Decodes `encoder_input_tokens` [batch, len].
 
   Args:
     method: 'greedy', 'sample' (temperature, topk, topp, rng / seed) or 'beam'
       (num_beams / beam_size, default 4; alpha / brevity_penalty, default 0.6).
+    return_topk: greedy / sample only: also return, per generated position, the
+      model's top-k next-token ids and log-probs (untempered log-softmax, best
+      first; 0 after the sequence ended), collected while decoding: what
+      `topk_scores` gives teacher-forced on the generated tokens.
 
   Returns:
     tokens [batch, max_decode_length] int32 (0 after EOS) and the per-sequence
     log-probs [batch] float32; with `return_all_beams` (beam only) tokens
-    [batch, beams, max_decode_length] and log-probs [batch, beams], best first.
+    [batch, beams, max_decode_length] and log-probs [batch, beams], best first;
+    with `return_topk`, also top-k ids [batch, max_decode_length, k] int32 and
+    log-probs [batch, max_decode_length, k] float32.
   """
   params = _unwrap(params)
   inputs = jnp.asarray(encoder_input_tokens, jnp.int32)
@@ -229,9 +242,15 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
       rng = jax.random.PRNGKey(seed)
     if rng is None:
       rng = jax.random.PRNGKey(0)
-    return _greedy_or_sample(params, inputs, rng, jnp.float32(temperature), config=config,
-                             max_decode_length=int(max_decode_length),
-                             sample=method == 'sample', topk=int(topk), topp=float(topp))
+    tokens, logp, (top_ids, top_lps) = _greedy_or_sample(
+        params, inputs, rng, jnp.float32(temperature), config=config,
+        max_decode_length=int(max_decode_length), sample=method == 'sample',
+        topk=int(topk), topp=float(topp), record_topk=int(return_topk))
+    if return_topk:
+      return tokens, logp, top_ids, top_lps
+    return tokens, logp
+  if return_topk:
+    raise ValueError("return_topk needs method 'greedy' or 'sample'")
   if method == 'beam':
     beams = int(num_beams or beam_size or 4)
     a = alpha if alpha is not None else brevity_penalty

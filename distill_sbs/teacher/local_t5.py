@@ -5,14 +5,16 @@ Per batch of prompts: tokenize (EOS-terminated, left-truncated to
 count divisible by the device count), run the jit-compiled decoder of
 `distill_sbs.models.generate` with the batch sharded over the 'data' axis of a
 ('data', 'model') mesh of all devices and the parameters replicated (or, with
-`model_parallel > 1`, split over 'model' by T5X's logical axis rules), then score the generated target
-teacher-forced with `models.topk_scores` to keep the top-k token ids and
+`model_parallel > 1`, split over 'model' by T5X's logical axis rules), collecting the
+teacher's top-k at each generated position while decoding (a target that is not
+the generated tokens — cut by a stop sequence, or ended by the length limit — is
+scored teacher-forced with `models.topk_scores` instead) to keep the top-k token ids and
 log-probs (log-softmax of the logits) at every target position.
 
 The stored target (`Completion.target_ids`) always ends with EOS: the generated
 ids before EOS (or before the length limit, or a generated PAD) + EOS; when a
-stop sequence cuts the text, the re-tokenized cut text + EOS. The top-k is
-scored teacher-forced on exactly that target ([L, k], L = len(target)).
+stop sequence cuts the text, the re-tokenized cut text + EOS. The top-k
+belongs to exactly that target ([L, k], L = len(target)), from decoding or teacher-forced.
 """
 from __future__ import annotations
 
@@ -95,7 +97,8 @@ class LocalT5Backend:
     self.mesh = Mesh(np.asarray(devs).reshape(-1, self.model_parallel), ('data', 'model'))
     self._ndev = self.mesh.shape['data']   # rows of a batch must divide this
     self.params = jax.device_put(params, self._param_shardings(config, params))
-    self.stats = {'batches': 0, 'truncated_prompts': 0, 'generated_tokens': 0}
+    self.stats = {'batches': 0, 'truncated_prompts': 0, 'generated_tokens': 0,
+                  'topk_from_decoding': 0, 'topk_teacher_forced': 0}
     try:
       self._vocab_hash = vocab_lib.vocab_hash(vocabulary)
     except TypeError:  # A vocabulary vocab_hash does not know: no hash.
@@ -156,6 +159,39 @@ class LocalT5Backend:
       return row, 'length'
     return row[:end[0]], 'stop' if row[end[0]] == EOS_ID else 'pad'
 
+  def _target_topk(self, enc_dev: jax.Array, tokens: np.ndarray, targets: np.ndarray,
+                   lengths: Sequence[int], dec_ids: np.ndarray, dec_lps: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's top-k at every target position [rows, T, k].
+
+    Decoding collected the top-k of each generated position; a target whose
+    first L−1 tokens are the generated ones (L ≤ the decode length) has them at
+    all of its L positions, since position j sees only the prefix before it. A
+    target that differs (cut by a stop sequence and re-encoded, or ended by the
+    length limit, whose appended EOS was never a decoding step) is scored
+    teacher-forced (`models.topk_scores`) instead, in one batched call.
+    """
+    rows, width = targets.shape
+    top_ids = np.zeros((rows, width, self.k), np.int32)       # [rows, T, k]
+    top_lps = np.zeros((rows, width, self.k), np.float32)
+    decoded = [r < len(lengths) and lengths[r] <= tokens.shape[1] and
+               np.array_equal(tokens[r, :lengths[r] - 1], targets[r, :lengths[r] - 1])
+               for r in range(rows)]
+    for r, ok in enumerate(decoded):
+      if ok:
+        top_ids[r, :lengths[r]] = dec_ids[r, :lengths[r]]
+        top_lps[r, :lengths[r]] = dec_lps[r, :lengths[r]]
+    self.stats['topk_from_decoding'] += sum(decoded)
+    if not all(decoded[:len(lengths)]):
+      forced_ids, forced_lps = models.topk_scores(self.config, self.params, enc_dev,
+                                                  self._shard(targets), self.k)
+      forced_ids, forced_lps = np.asarray(forced_ids), np.asarray(forced_lps)
+      for r in range(len(lengths)):
+        if not decoded[r]:
+          top_ids[r], top_lps[r] = forced_ids[r], forced_lps[r]
+          self.stats['topk_teacher_forced'] += 1
+    return top_ids, top_lps
+
   # -- one batch ---------------------------------------------------------------
   def generate_batch(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
                      stop: Sequence[str] = (), batch_index: int = 0
@@ -171,10 +207,10 @@ class LocalT5Backend:
     enc_dev = self._shard(enc)
     method = 'sample' if sampling.temperature > 0 else 'greedy'
     rng = jax.random.PRNGKey(self.seed * 1_000_003 + (sampling.seed or 0) + batch_index)
-    tokens, _ = models.generate(
+    tokens, _, dec_ids, dec_lps = models.generate(
         self.config, self.params, enc_dev, max_decode_length=sampling.max_tokens,
         method=method, temperature=max(sampling.temperature, 1e-6),
-        topp=sampling.top_p if sampling.top_p < 1 else 0.0, rng=rng)
+        topp=sampling.top_p if sampling.top_p < 1 else 0.0, rng=rng, return_topk=self.k)
     tokens = np.asarray(tokens)                              # [rows, max_tokens]
     # Targets always end with EOS (the FIRST contract: the field's tokens + EOS).
     width = sampling.max_tokens + 1
@@ -192,9 +228,8 @@ class LocalT5Backend:
       lengths.append(len(ids))
       texts.append(text)
       finish.append(reason)
-    top_ids, top_lps = models.topk_scores(self.config, self.params, enc_dev,
-                                          self._shard(targets), self.k)
-    top_ids, top_lps = np.asarray(top_ids), np.asarray(top_lps)  # [rows, T, k]
+    top_ids, top_lps = self._target_topk(enc_dev, tokens, targets, lengths,
+                                         np.asarray(dec_ids), np.asarray(dec_lps))
     self.stats['batches'] += 1
     results = []
     for i, p in enumerate(prompts):

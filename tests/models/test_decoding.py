@@ -184,3 +184,24 @@ def test_bad_arguments():
                     method='nucleus')
   with pytest.raises(ValueError, match='encoder_input_tokens'):
     models.generate(CFG, params, np.ones((3,), np.int32), max_decode_length=2)
+
+
+@pytest.mark.parametrize('method', ['greedy', 'sample'])
+def test_topk_collected_while_decoding_equals_teacher_forced(method):
+  """`generate(return_topk=k)` gives, at every generated position, what
+  `topk_scores` gives teacher-forced on the generated tokens."""
+  cfg = models.T5Config(vocab_size=40, emb_dim=16, num_heads=2, num_encoder_layers=2,
+                        num_decoder_layers=2, head_dim=8, mlp_dim=32, dtype='float32')
+  x = jnp.asarray(np.random.default_rng(0).integers(2, 40, (4, 7)), jnp.int32)
+  params = models.Transformer(cfg).init(jax.random.PRNGKey(1), x, x, x,
+                                        enable_dropout=False)['params']
+  tokens, _, ids, lps = models.generate(cfg, params, x, max_decode_length=9, method=method,
+                                        temperature=1.5, seed=3, return_topk=5)
+  want_ids, want_lps = models.topk_scores(cfg, params, x, np.asarray(tokens), 5)
+  # Positions before a row's first 0 (after EOS, or a generated PAD, which the
+  # teacher-forced pass treats as padding from there on).
+  real = np.cumprod(np.asarray(tokens) > 0, axis=1).astype(bool)
+  assert real.sum() > 20
+  np.testing.assert_array_equal(np.asarray(ids)[real], np.asarray(want_ids)[real])
+  np.testing.assert_allclose(np.asarray(lps)[real], np.asarray(want_lps)[real], atol=1e-5)
+  assert (np.asarray(lps)[real] < 0).all()

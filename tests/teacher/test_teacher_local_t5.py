@@ -143,3 +143,31 @@ def test_model_parallel_matches_data_parallel(backend, teacher_dir):
     # logits large, so log-probs agree to ~1e-3 relative (the ids exactly).
     np.testing.assert_allclose(a.completions[0].topk_logprobs, b.completions[0].topk_logprobs,
                                rtol=2e-3, atol=2e-3)
+
+
+def test_target_topk_from_decoding_or_teacher_forced(backend):
+  """A target whose tokens before its last are the generated ones takes the top-k
+  the decoder collected; any other target (here: a different token, and one
+  longer than the decode length) is scored teacher-forced."""
+  rows, width, T = backend._rows(4), MAX_TOKENS + 1, MAX_TOKENS  # pylint: disable=protected-access
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, 200, (rows, T)).astype(np.int32)      # [rows, T] "generated"
+  targets = np.zeros((rows, width), np.int32)
+  targets[0, :5] = np.append(tokens[0, :4], local_t5.EOS_ID)      # generated prefix + EOS
+  targets[1, :5] = np.append(tokens[1, :3], [7, local_t5.EOS_ID])  # differs at position 3
+  targets[2, :width] = np.append(tokens[2], local_t5.EOS_ID)      # length limit: L = T + 1
+  lengths = [5, 5, width]
+  dec_ids = np.full((rows, T, K), -7, np.int32)                   # sentinels: from decoding
+  dec_lps = np.full((rows, T, K), -7.0, np.float32)
+  enc = np.zeros((rows, 16), np.int32)
+  enc[:, :4] = [9, 8, 7, local_t5.EOS_ID]
+  before = dict(backend.stats)
+  ids, lps = backend._target_topk(backend._shard(enc), tokens, targets, lengths,  # pylint: disable=protected-access
+                                  dec_ids, dec_lps)
+  assert (ids[0, :5] == -7).all() and (lps[0, :5] == -7.0).all()
+  forced_ids, forced_lps = models.topk_scores(backend.config, backend.params, enc, targets, K)
+  for r in (1, 2):
+    np.testing.assert_array_equal(ids[r], np.asarray(forced_ids)[r])
+    np.testing.assert_allclose(lps[r], np.asarray(forced_lps)[r], atol=1e-3)  # bf16, sharded vs not
+  assert backend.stats['topk_from_decoding'] - before['topk_from_decoding'] == 1
+  assert backend.stats['topk_teacher_forced'] - before['topk_teacher_forced'] == 2
