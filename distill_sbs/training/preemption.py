@@ -76,16 +76,23 @@ class PreemptionGuard:
       signal.signal(sig, handler)
     self._previous.clear()
 
+  # With the sync manager (SIGTERM), a local SIGINT is exchanged only every
+  # this many steps: a host-blocking all-gather per step would stall the
+  # asynchronous dispatch.
+  SIGINT_EXCHANGE_STEPS = 10
+
   def reached(self, step: int) -> bool:
-    """Whether to save and stop after `step` (the same answer on every host)."""
+    """Whether to save and stop after `step` (the same answer on every host;
+    every host must call it at every step)."""
     if not self._multi:
       return self.requested is not None
-    if self._synced:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      if multihost_utils.reached_preemption_sync_point(step):
-        return True
     import numpy as np  # pylint: disable=g-import-not-at-top
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if self._synced:
+      if multihost_utils.reached_preemption_sync_point(step):
+        return True
+      if step % self.SIGINT_EXCHANGE_STEPS:
+        return False
     flags = multihost_utils.process_allgather(
         np.asarray(self.requested is not None, np.int32))
     return bool(np.any(flags))
