@@ -83,7 +83,7 @@ def _kind(value: Any) -> Optional[str]:
     return 'dict'
   if isinstance(value, (list, tuple)):
     return 'sequence'
-  return type(value).__name__
+  return None  # configurable references, %gin.REQUIRED, other objects: not compared
 
 
 # Macros that must be given by a run and have a known type.
@@ -100,8 +100,6 @@ def check_macro_bindings(bindings: Sequence[str], gin_files: Sequence[str] = (),
   A macro the files define but this composition does not use (a sweep's
   dataset lengths for a method without rationales) passes."""
   given = binding_macros(bindings)
-  if not given:
-    return
   try:
     in_files = gin_macros.read_macros(gin_files, search_paths=search_paths) if gin_files else {}
   except Exception:  # pylint: disable=broad-except
@@ -116,6 +114,17 @@ def check_macro_bindings(bindings: Sequence[str], gin_files: Sequence[str] = (),
       errors.append(f'gin macro {name} is set on the command line but nothing in the gin '
                     f'files references it (%{name}){hint}')
   in_files = in_files or {}
+  for name, want in _KNOWN.items():  # the run's own macros, wherever they are set
+    if name in given:
+      continue
+    try:
+      value = gin_macros.query(f'%{name}')
+    except (ValueError, KeyError):
+      continue
+    got = _kind(value)
+    if got and got != want:
+      errors.append(f'gin macro {name} = {value!r} (set in the gin files) is a {got}, but '
+                    f'{name} must be a {want}')
   for name, value in given.items():
     got = _kind(gin_macros._resolve(value, {**in_files, **given}, (name,)))  # pylint: disable=protected-access
     want = _kind(in_files.get(name)) or _KNOWN.get(name)

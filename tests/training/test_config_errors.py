@@ -112,3 +112,18 @@ def test_defined_but_unused_macro_passes(tmp_path):
         config_checks.check_macro_bindings(['B2 = 5'], [str(f)])
     finally:
       gin.clear_config()
+
+
+def test_known_macro_with_wrong_type_in_a_file(tmp_path):
+  import gin  # pylint: disable=import-outside-toplevel
+  f = tmp_path / 'x.gin'
+  f.write_text("BATCH_SIZE = '16'\nX = %BATCH_SIZE\n")
+  with gin.unlock_config():
+    gin.clear_config()
+    try:
+      gin.parse_config_files_and_bindings([str(f)], [], finalize_config=False)
+      with pytest.raises(config_checks.ConfigError,
+                         match=r"gin macro BATCH_SIZE = '16' \(set in the gin files\) is a str"):
+        config_checks.check_macro_bindings([], [str(f)])
+    finally:
+      gin.clear_config()
