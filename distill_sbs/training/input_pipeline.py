@@ -19,6 +19,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from distill_sbs.data import feature_converters
+
 
 @gin.configurable(module='distill_sbs.training.input_pipeline')
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +48,8 @@ def import_task_module(module: Optional[str]) -> None:
 
 
 def feature_converter(cfg: DatasetConfig, model: Any) -> seqio.FeatureConverter:
-  cls = cfg.feature_converter_cls or getattr(model, 'FEATURE_CONVERTER_CLS',
-                                             seqio.EncDecFeatureConverter)
+  cls = (cfg.feature_converter_cls or getattr(model, 'FEATURE_CONVERTER_CLS', None)
+         or feature_converters.EncDecFeatureConverter)
   return cls(pack=cfg.pack)
 
 

@@ -10,11 +10,9 @@ from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import seqio
 from flax import linen as nn
 
 from distill_sbs import models
-from distill_sbs.data import feature_converters
 from distill_sbs.distill import losses as losses_lib
 
 Array = jnp.ndarray
@@ -41,10 +39,12 @@ class EncoderDecoderModel:
     max_decode_length: default decode length when the batch has no targets.
   """
 
-  FEATURE_CONVERTER_CLS = feature_converters.EncDecFeatureConverter
+  # None: the input pipeline's default, `data.feature_converters.EncDecFeatureConverter`
+  # (kept out of this module: the model and train step import no TensorFlow).
+  FEATURE_CONVERTER_CLS = None
 
-  def __init__(self, module: nn.Module, input_vocabulary: seqio.Vocabulary,
-               output_vocabulary: seqio.Vocabulary, optimizer_def: Any,
+  def __init__(self, module: nn.Module, input_vocabulary: Any,
+               output_vocabulary: Any, optimizer_def: Any,
                loss_fn: Optional[losses_lib.LossFn] = None,
                decode_method: str = 'greedy',
                decode_options: Optional[Mapping[str, Any]] = None,
