@@ -27,8 +27,8 @@ from train_throughput import SIZES  # noqa: E402  pylint: disable=g-import-not-a
 
 
 def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, dtype: str,
-              repeats: int) -> dict:
-  cfg = models.T5Config(**SIZES[size], dtype=dtype)
+              repeats: int, attention_kernel: str = 'einsum') -> dict:
+  cfg = models.T5Config(**SIZES[size], dtype=dtype, attention_kernel=attention_kernel)
   rng = np.random.default_rng(0)
   enc = jnp.asarray(rng.integers(2, cfg.vocab_size, (batch_size, inputs)), jnp.int32)
   x = jnp.ones((1, 8), jnp.int32)
@@ -61,11 +61,13 @@ def main(argv=None) -> int:
   p.add_argument('--inputs', type=int, default=512)
   p.add_argument('--targets', type=int, default=114)
   p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--attention_kernel', default='einsum', choices=['einsum', 'jax'])
   p.add_argument('--json', default=None)
   args = p.parse_args(argv)
   for size in args.sizes.split(','):
     r = benchmark(size, batch_size=args.batch_size, inputs=args.inputs, targets=args.targets,
-                  dtype=args.dtype, repeats=args.repeats)
+                  dtype=args.dtype, repeats=args.repeats,
+                  attention_kernel=args.attention_kernel)
     print(f"{r['size']:>6} {r['dtype']:>8} greedy decode {r['tokens_per_sec']:10.0f} tokens/s "
           f"({r['decode_s'] * 1e3:.0f} ms for {r['targets']} steps x {r['batch_size']}; "
           f"compile + first {r['compile_plus_first_s']:.1f} s; {r['device_kind']})", flush=True)

@@ -91,9 +91,9 @@ def synthetic_batch(batch: int, inputs: int, targets: int, vocab: int, seed: int
 
 
 def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, steps: int,
-              dtype: str, num_partitions: int = 1) -> dict:
+              dtype: str, num_partitions: int = 1, attention_kernel: str = 'einsum') -> dict:
   cfg = dict(SIZES[size])
-  t5 = models.T5Config(**cfg, dtype=dtype)
+  t5 = models.T5Config(**cfg, dtype=dtype, attention_kernel=attention_kernel)
   vocab = None  # vocabularies are not used by the train step
   model = model_lib.EncoderDecoderModel(
       module=models.Transformer(t5), input_vocabulary=vocab, output_vocabulary=vocab,
@@ -138,12 +138,14 @@ def main(argv=None) -> None:
   p.add_argument('--targets', type=int, default=128)
   p.add_argument('--steps', type=int, default=10)
   p.add_argument('--num_partitions', type=int, default=1)
+  p.add_argument('--attention_kernel', default='einsum', choices=['einsum', 'jax'])
   p.add_argument('--json', default=None, help='append results as JSON lines here')
   args = p.parse_args(argv)
   for size in args.sizes.split(','):
     res = benchmark(size, batch_size=args.batch_size, inputs=args.inputs,
                     targets=args.targets, steps=args.steps, dtype=args.dtype,
-                    num_partitions=args.num_partitions)
+                    num_partitions=args.num_partitions,
+                    attention_kernel=args.attention_kernel)
     print(f"{res['size']:>6} {res['dtype']:>8} {res['params'] / 1e6:8.1f}M params  "
           f"{res['tokens_per_sec']:10.0f} tokens/s  {res['step_s'] * 1e3:8.1f} ms/step  "
           f"MFU {100 * res['mfu']:5.1f}%  ({res['device_kind']}, {res['peak_source']})",

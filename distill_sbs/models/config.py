@@ -22,6 +22,7 @@ ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
 }
 
 REMAT_POLICIES = ('none', 'full', 'minimal')
+ATTENTION_KERNELS = ('einsum', 'jax')
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -71,6 +72,9 @@ class T5Config:
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
   remat_policy: str = 'none'
+  # 'einsum' or 'jax' (`jax.nn.dot_product_attention`, fused on accelerators);
+  # the same numbers, not a parameter: checkpoints do not change.
+  attention_kernel: str = 'einsum'
 
   def __post_init__(self):
     acts = self.mlp_activations
@@ -89,6 +93,9 @@ class T5Config:
     for field in ('dtype', 'param_dtype'):
       object.__setattr__(
           self, field, jnp.dtype(canonical_dtype(getattr(self, field), field)).name)
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f'T5Config.attention_kernel: unknown {self.attention_kernel!r}; '
+                       f'expected one of {ATTENTION_KERNELS}')
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'T5Config.remat_policy: unknown {self.remat_policy!r}; '
                        f'expected one of {REMAT_POLICIES}')

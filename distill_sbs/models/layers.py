@@ -131,8 +131,20 @@ def dot_product_attention(query: Array, key: Array, value: Array,
                           dropout_rng: Optional[Array] = None,
                           dropout_rate: float = 0.0, deterministic: bool = True,
                           dtype: DType = jnp.float32,
-                          float32_logits: bool = False) -> Array:
-  """Unscaled dot-product attention: q [b, q, h, d], k/v [b, k, h, d]."""
+                          float32_logits: bool = False, kernel: str = 'einsum') -> Array:
+  """Unscaled dot-product attention: q [b, q, h, d], k/v [b, k, h, d].
+
+  kernel='jax' calls `jax.nn.dot_product_attention` (scale 1, the additive bias
+  carries masks and relative positions; the fused cuDNN kernel where the
+  platform has one), when no attention dropout applies; 'einsum' spells it out.
+  """
+  if kernel == 'jax' and (deterministic or dropout_rate == 0.0):
+    q, k, v = query, key, value
+    if float32_logits:
+      q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
+    b = None if bias is None else bias.astype(q.dtype)       # [b|1, h, q, k]
+    out = jax.nn.dot_product_attention(q, k, v, bias=b, scale=1.0)  # [b, q, h, d]
+    return out.astype(dtype)
   if float32_logits:
     query = query.astype(jnp.float32)
     key = key.astype(jnp.float32)
@@ -167,6 +179,7 @@ class MultiHeadDotProductAttention(nn.Module):
   kernel_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
   float32_logits: bool = False
   cross: bool = False
+  kernel: str = 'einsum'
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array,
@@ -205,7 +218,7 @@ class MultiHeadDotProductAttention(nn.Module):
     x = dot_product_attention(query, key, value, bias=attention_bias,
                               dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
                               deterministic=deterministic, dtype=self.dtype,
-                              float32_logits=self.float32_logits)
+                              float32_logits=self.float32_logits, kernel=self.kernel)
     return DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1),
                         kernel_init=self.kernel_init, kernel_axes=('joined_kv', 'embed'),
                         dtype=self.dtype, param_dtype=self.param_dtype, name='out')(x)

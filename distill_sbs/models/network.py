@@ -50,7 +50,8 @@ def _attention(cfg: T5Config, name: str, cross: bool = False):
   return layers.MultiHeadDotProductAttention(
       num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=cfg.activation_dtype,
       param_dtype=cfg.weight_dtype, dropout_rate=cfg.dropout_rate,
-      float32_logits=cfg.float32_attention_logits, cross=cross, name=name)
+      float32_logits=cfg.float32_attention_logits, cross=cross,
+      kernel=cfg.attention_kernel, name=name)
 
 
 def _mlp(cfg: T5Config) -> layers.MlpBlock:
