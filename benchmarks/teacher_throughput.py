@@ -65,7 +65,7 @@ def _count_generated(tokens: np.ndarray) -> int:
 
 
 def bench_local(size: str, batch: int, input_len: int, decode: int, repeats: int,
-                torch_threads: int = 1) -> dict:
+                torch_threads: int = 0) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
@@ -106,8 +106,8 @@ def bench_local(size: str, batch: int, input_len: int, decode: int, repeats: int
     our_tokens = ours()
   our_s = (time.perf_counter() - t0) / repeats
 
-  # transformers PyTorch on the same weights / batch. On a shared CPU, intra-op
-  # threads > 1 can be ~30x slower from oversubscription; --torch_threads sets it.
+  # transformers PyTorch on the same weights / batch, with as many intra-op
+  # threads as JAX has cores (like for like; --torch_threads sets another count).
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   if torch_threads > 0:
     torch.set_num_threads(torch_threads)
@@ -179,8 +179,11 @@ def main(argv=None) -> int:
   ap.add_argument('--input_len', type=int, default=64)
   ap.add_argument('--decode', type=int, default=64)
   ap.add_argument('--repeats', type=int, default=3)
-  ap.add_argument('--torch_threads', type=int, default=1,
-                  help='torch intra-op threads for the CPU baseline (0 = torch default)')
+  ap.add_argument('--torch_threads', type=int,
+                  default=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                  else (os.cpu_count() or 1),
+                  help='torch intra-op threads for the CPU baseline (default: the cores '
+                       'JAX uses; 0 = torch default)')
   ap.add_argument('--skip_http', action='store_true')
   ap.add_argument('--skip_local', action='store_true')
   ap.add_argument('--json', default=None)
