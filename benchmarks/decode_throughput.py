@@ -11,7 +11,6 @@ Compile time is printed separately.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 from distill_sbs import models
 
 sys.path.insert(0, __file__.rsplit('/', 1)[0])
-from train_throughput import SIZES  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from train_throughput import SIZES, common_parser  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, dtype: str,
@@ -54,15 +53,8 @@ def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, dtype: s
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--sizes', default='tiny')
-  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--batch_size', type=int, default=32)
-  p.add_argument('--inputs', type=int, default=512)
-  p.add_argument('--targets', type=int, default=114)
+  p = common_parser(__doc__, sizes='tiny', batch_size=32, targets=114)
   p.add_argument('--repeats', type=int, default=3)
-  p.add_argument('--attention_kernel', default='einsum', choices=['einsum', 'jax'])
-  p.add_argument('--json', default=None)
   args = p.parse_args(argv)
   for size in args.sizes.split(','):
     r = benchmark(size, batch_size=args.batch_size, inputs=args.inputs, targets=args.targets,

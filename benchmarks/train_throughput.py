@@ -129,17 +129,24 @@ def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, steps: i
   }
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--sizes', default='tiny,small')
+def common_parser(doc: str, *, sizes: str, batch_size: int, targets: int
+                  ) -> argparse.ArgumentParser:
+  """The flags the throughput benchmarks share (model, shapes, output)."""
+  p = argparse.ArgumentParser(description=doc.splitlines()[0])
+  p.add_argument('--sizes', default=sizes)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  p.add_argument('--batch_size', type=int, default=8)
+  p.add_argument('--batch_size', type=int, default=batch_size)
   p.add_argument('--inputs', type=int, default=512)
-  p.add_argument('--targets', type=int, default=128)
-  p.add_argument('--steps', type=int, default=10)
-  p.add_argument('--num_partitions', type=int, default=1)
+  p.add_argument('--targets', type=int, default=targets)
   p.add_argument('--attention_kernel', default='einsum', choices=['einsum', 'jax'])
   p.add_argument('--json', default=None, help='append results as JSON lines here')
+  return p
+
+
+def main(argv=None) -> None:
+  p = common_parser(__doc__, sizes='tiny,small', batch_size=8, targets=128)
+  p.add_argument('--steps', type=int, default=10)
+  p.add_argument('--num_partitions', type=int, default=1)
   args = p.parse_args(argv)
   for size in args.sizes.split(','):
     res = benchmark(size, batch_size=args.batch_size, inputs=args.inputs,
