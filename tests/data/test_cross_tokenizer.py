@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
-from sentencepiece import sentencepiece_model_pb2 as pb
 
 from distill_sbs.data import cross_tokenizer as ct
 from distill_sbs.data import schema
 from distill_sbs.distill import losses
+from tests.data.spm_helpers import write_spm_model
 
 ABSENT = ct.ABSENT_LOGPROB
 BYTES = seqio.ByteVocabulary(extra_ids=0)
@@ -25,22 +25,8 @@ ID = {p: i + 3 for i, p in enumerate(PIECES)}
 
 @pytest.fixture(scope='module')
 def spm_vocab(tmp_path_factory):
-  m = pb.ModelProto()
-  m.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
-  m.trainer_spec.pad_id, m.trainer_spec.eos_id, m.trainer_spec.unk_id = 0, 1, 2
-  m.trainer_spec.bos_id = -1
-  m.normalizer_spec.name = 'identity'
-  m.normalizer_spec.add_dummy_prefix = True
-  m.normalizer_spec.remove_extra_whitespaces = True
-  m.normalizer_spec.escape_whitespaces = True
-  kinds = pb.ModelProto.SentencePiece
-  for piece, kind in (('<pad>', kinds.CONTROL), ('</s>', kinds.CONTROL), ('<unk>', kinds.UNKNOWN)):
-    m.pieces.add(piece=piece, score=0.0, type=kind)
-  for i, piece in enumerate(PIECES):
-    m.pieces.add(piece=piece, score=-0.01 * i, type=kinds.NORMAL)
-  path = tmp_path_factory.mktemp('spm') / 'student.model'
-  path.write_bytes(m.SerializeToString())
-  return seqio.SentencePieceVocabulary(str(path), extra_ids=0)
+  path = write_spm_model(tmp_path_factory.mktemp('spm') / 'student.model', PIECES)
+  return seqio.SentencePieceVocabulary(path, extra_ids=0)
 
 
 def _row(pairs, k=5):

@@ -20,7 +20,6 @@ import optax
 import pytest
 import seqio
 from flax.core import meta
-from sentencepiece import sentencepiece_model_pb2 as pb
 
 from distill_sbs import calibrate, models
 from distill_sbs.data import cross_tokenizer as ct
@@ -31,6 +30,7 @@ from distill_sbs.teacher import base, generation, openai_backend
 from distill_sbs.teacher.loopback import LoopbackServer
 from distill_sbs.training import input_pipeline, train_loop
 from distill_sbs.training import model as training_model
+from tests.data.spm_helpers import write_spm_model
 from tests.teacher.teacher_helpers import KEY_ENV, SECRET
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -89,21 +89,15 @@ class BigramTeacher:
 
 
 def _student_spm(path):
-  m = pb.ModelProto()
-  m.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
-  m.trainer_spec.pad_id, m.trainer_spec.eos_id, m.trainer_spec.unk_id = 0, 1, 2
-  m.trainer_spec.bos_id = -1
-  m.normalizer_spec.name = 'identity'
-  m.normalizer_spec.add_dummy_prefix = True
-  m.normalizer_spec.remove_extra_whitespaces = True
-  m.normalizer_spec.escape_whitespaces = True
-  kinds = pb.ModelProto.SentencePiece
-  for piece, kind in (('<pad>', kinds.CONTROL), ('</s>', kinds.CONTROL), ('<unk>', kinds.UNKNOWN)):
-    m.pieces.add(piece=piece, score=0.0, type=kind)
-  for i, piece in enumerate(PIECES):
-    m.pieces.add(piece=piece, score=-0.01 * i, type=kinds.NORMAL)
-  path.write_bytes(m.SerializeToString())
-  return str(path)
+  return write_spm_model(path, PIECES)
+
+
+def _student_and_teacher(tmp_path, monkeypatch):
+  """(student SentencePiece path, its vocabulary, the bigram teacher); the
+  server's API key in the environment."""
+  monkeypatch.setenv(KEY_ENV, SECRET)
+  spm_path = _student_spm(tmp_path / 'student.model')
+  return spm_path, seqio.SentencePieceVocabulary(spm_path, extra_ids=0), BigramTeacher()
 
 
 def _rows(path, n, offset):
@@ -123,10 +117,7 @@ def _cli(server, rows, out_dir, spm_path):
 
 
 def test_served_teacher_in_another_tokenizer_trains_first(tmp_path, monkeypatch, capsys):
-  monkeypatch.setenv(KEY_ENV, SECRET)
-  spm_path = _student_spm(tmp_path / 'student.model')
-  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=0)
-  teacher = BigramTeacher()
+  spm_path, vocab, teacher = _student_and_teacher(tmp_path, monkeypatch)
   out = tmp_path / 'first_xt'
   with LoopbackServer(teacher.respond, tokenizer=teacher) as server:
     # Train split through the command line (completions shape, token strings).
@@ -208,10 +199,7 @@ def test_uld_records_train_with_the_uld_term(tmp_path, monkeypatch):
   """--carry_mismatch=uld: unaligned tokens keep the teacher's sorted top-k, and
   `uld.CrossTokenizerTopKLoss` trains on both kinds of rows."""
   from distill_sbs.distill import uld  # pylint: disable=g-import-not-at-top
-  monkeypatch.setenv(KEY_ENV, SECRET)
-  spm_path = _student_spm(tmp_path / 'student.model')
-  vocab = seqio.SentencePieceVocabulary(spm_path, extra_ids=0)
-  teacher = BigramTeacher()
+  spm_path, vocab, teacher = _student_and_teacher(tmp_path, monkeypatch)
   out = tmp_path / 'first_uld'
   with LoopbackServer(teacher.respond, tokenizer=teacher) as server:
     backend = openai_backend.OpenAIBackend(server.base_url, 'bigram', api_key_env=KEY_ENV)
