@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax.core import meta
 
 from distill_sbs.models.config import T5Config
+from distill_sbs.models.decoder_only_config import DecoderOnlyConfig
 from distill_sbs.models.network import Transformer
 
 Array = jnp.ndarray
@@ -213,8 +214,13 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
              topk: int = 0, topp: float = 0.0, rng: Optional[Array] = None, seed: int = 0,
              num_beams: Optional[int] = None, beam_size: Optional[int] = None,
              alpha: Optional[float] = None, brevity_penalty: Optional[float] = None,
-             return_all_beams: bool = False, return_topk: int = 0) -> tuple[Array, ...]:
+             return_all_beams: bool = False, return_topk: int = 0,
+             prompt_lengths: Optional[Array] = None) -> tuple[Array, ...]:
   """Decodes `encoder_input_tokens` [batch, len].
+
+  With a `DecoderOnlyConfig` the tokens are left-aligned prompts with
+  `prompt_lengths` [batch] and `decoder_only_decoding.generate` runs (greedy /
+  sample; tokens after EOS are the config's pad id).
 
   Args:
     method: 'greedy', 'sample' (temperature, topk, topp, rng / seed) or 'beam'
@@ -231,6 +237,20 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
     with `return_topk`, also top-k ids [batch, max_decode_length, k] int32 and
     log-probs [batch, max_decode_length, k] float32.
   """
+  if isinstance(config, DecoderOnlyConfig):
+    from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
+    unsupported = {k: v for k, v in dict(
+        num_beams=num_beams, beam_size=beam_size, alpha=alpha,
+        brevity_penalty=brevity_penalty, return_all_beams=return_all_beams,
+        return_topk=return_topk).items() if v}
+    if unsupported:
+      raise ValueError(f'decoder-only generate: unsupported options {sorted(unsupported)}')
+    return decoder_only_decoding.generate(
+        config, params, encoder_input_tokens, max_decode_length=max_decode_length,
+        prompt_lengths=prompt_lengths, method=method, temperature=temperature, topk=topk,
+        topp=topp, rng=rng, seed=seed)
+  if prompt_lengths is not None:
+    raise ValueError('prompt_lengths is for decoder-only configs')
   params = _unwrap(params)
   inputs = jnp.asarray(encoder_input_tokens, jnp.int32)
   if inputs.ndim != 2:

@@ -1,4 +1,6 @@
-"""Hugging Face `T5ForConditionalGeneration` checkpoints <-> our parameters.
+"""Hugging Face `T5ForConditionalGeneration` checkpoints <-> our parameters
+(decoder-only Llama / Qwen2 / Qwen3 / Gemma 3 text: `decoder_only_hf`, dispatched
+here on `config.json`'s `model_type`).
 
 `load_hf_checkpoint(path) -> (T5Config, params)` reads a local directory with
 `config.json` and `model.safetensors` (or `model.safetensors.index.json` plus
@@ -33,6 +35,9 @@ from flax import traverse_util
 from flax.core import meta
 
 from distill_sbs.models.config import T5Config
+from distill_sbs.models.decoder_only_config import DecoderOnlyConfig, MODEL_TYPES
+
+DECODER_ONLY_TYPES = MODEL_TYPES
 
 Params = dict[str, Any]
 
@@ -180,15 +185,24 @@ def config_from_hf(cfg: dict, where: str = 'config.json') -> T5Config:
       layer_norm_epsilon=cfg.get('layer_norm_epsilon', 1e-6), remat_policy='none')
 
 
-def load_hf_checkpoint(path: str) -> tuple[T5Config, Params]:
-  """Reads an HF T5 directory; returns (config, params) as described above."""
+def load_hf_checkpoint(path: str) -> tuple[Any, Params]:
+  """Reads an HF directory; returns (config, params) as described above.
+
+  `model_type` 't5' gives a `T5Config`; 'llama', 'qwen2', 'qwen3' and
+  'gemma3_text' a `DecoderOnlyConfig` (see `decoder_only_hf`).
+  """
   path = os.fspath(path)
   config_path = os.path.join(path, 'config.json')
   if not os.path.exists(config_path):
     raise FileNotFoundError(f'{config_path}: missing')
   hf_cfg = _read_json(config_path)
-  if hf_cfg.get('model_type', 't5') != 't5':
-    raise ValueError(f'{config_path}: model_type {hf_cfg["model_type"]!r} is not "t5"')
+  model_type = hf_cfg.get('model_type', 't5')
+  if model_type in DECODER_ONLY_TYPES:
+    from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
+    return decoder_only_hf.load(path, hf_cfg, config_path)
+  if model_type != 't5':
+    raise ValueError(f'{config_path}: model_type {model_type!r} is not one of '
+                     f'{("t5",) + DECODER_ONLY_TYPES}')
   config = config_from_hf(hf_cfg, config_path)
   tensors, source = _read_tensors(path)
 
@@ -244,10 +258,13 @@ def load_hf_checkpoint(path: str) -> tuple[T5Config, Params]:
   return config, traverse_util.unflatten_dict(flat)
 
 
-def save_hf_checkpoint(path: str, config: T5Config, params: Params) -> None:
+def save_hf_checkpoint(path: str, config: Any, params: Params) -> None:
   """Writes `config.json` + `model.safetensors` loadable by `transformers`."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
+  if isinstance(config, DecoderOnlyConfig):
+    from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
+    return decoder_only_hf.save(path, config, params)
   params = meta.unbox(params)
   if set(params) == {'params'}:
     params = params['params']

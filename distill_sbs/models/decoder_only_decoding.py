@@ -1,0 +1,114 @@
+"""KV-cache decoding for `DecoderOnlyConfig` models: greedy and sampling.
+
+Prompts are left-aligned [batch, prompt_len] with `prompt_lengths` [batch]
+(tokens past a row's length are ignored). The cache holds prompt_len +
+max_decode_length positions; one prefill call writes the prompts, then each
+step feeds one token per row at cache index length + step, so rows of
+different lengths decode together (a row's stale prefill entries past its
+length are overwritten before its mask reaches them). Reached through
+`distill_sbs.models.generate`, which dispatches on the config type.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from distill_sbs.models.decoder_only import DecoderOnlyTransformer
+from distill_sbs.models.decoder_only_config import DecoderOnlyConfig
+
+Array = jnp.ndarray
+
+
+def _apply(model, params, cache, tokens, positions):
+  logits, new_vars = model.apply({'params': params, 'cache': cache}, tokens,
+                                 enable_dropout=False, decode=True,
+                                 decoder_positions=positions, mutable=['cache'])
+  return logits, new_vars['cache']
+
+
+def init_cache(config: DecoderOnlyConfig, params, batch: int, length: int):
+  """A zeroed cache of `length` positions (shapes from `jax.eval_shape`)."""
+  model = DecoderOnlyTransformer(config)
+  tokens = jnp.zeros((batch, length), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  shapes = jax.eval_shape(lambda p: model.apply(
+      {'params': p}, tokens, enable_dropout=False, decode=True,
+      decoder_positions=positions, mutable=['cache'])[1]['cache'], params)
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'sample',
+                                             'topk', 'topp'))
+def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_length,
+            sample, topk, topp):
+  from distill_sbs.models.decoding import _filter_logits  # pylint: disable=g-import-not-at-top
+  model = DecoderOnlyTransformer(config)
+  batch, prompt_len = prompts.shape
+  cache = init_cache(config, params, batch, prompt_len + max_decode_length)
+  positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
+  logits, cache = _apply(model, params, cache, prompts, positions)  # [b, P, vocab]
+  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  eos = jnp.asarray(config.eos_ids, jnp.int32)
+
+  def cond(state):
+    i, _, done = state[0], state[1], state[2]
+    return (i < max_decode_length) & ~jnp.all(done)
+
+  def body(state):
+    i, tokens, done, logp, cache, rng, logits = state
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))  # [b, vocab]
+    if sample:
+      rng, sub = jax.random.split(rng)
+      scaled = _filter_logits(log_probs / jnp.maximum(temperature, 1e-9), topk, topp)
+      nxt = jax.random.categorical(sub, scaled, axis=-1).astype(jnp.int32)
+    else:
+      nxt = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    step_logp = jnp.take_along_axis(log_probs, nxt[:, None], axis=-1)[:, 0]
+    logp = logp + jnp.where(done, 0.0, step_logp)
+    nxt = jnp.where(done, config.pad_id, nxt)
+    tokens = tokens.at[:, i].set(nxt)
+    done = done | jnp.isin(nxt, eos)
+    logits, cache = _apply(model, params, cache, nxt[:, None], (lengths + i)[:, None])
+    return i + 1, tokens, done, logp, cache, rng, logits[:, 0]
+
+  state = (jnp.array(0, jnp.int32),
+           jnp.full((batch, max_decode_length), config.pad_id, jnp.int32),
+           jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32), cache, rng, last)
+  _, tokens, _, logp, _, _, _ = jax.lax.while_loop(cond, body, state)
+  return tokens, logp
+
+
+def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
+             max_decode_length: int, prompt_lengths: Optional[Array] = None,
+             method: str = 'greedy', temperature: float = 1.0, topk: int = 0,
+             topp: float = 0.0, rng: Optional[Array] = None,
+             seed: int = 0) -> tuple[Array, Array]:
+  """Continues left-aligned prompts [batch, len] (`prompt_lengths` [batch],
+  default the full length) by `max_decode_length` tokens.
+
+  Returns tokens [batch, max_decode_length] int32 (`config.pad_id` after the
+  first EOS of `config.eos_ids`) and their summed log-probs [batch] (model's
+  own, temperature 1, up to and including EOS).
+  """
+  from distill_sbs.models.decoding import _unwrap  # pylint: disable=g-import-not-at-top
+  prompts = jnp.asarray(prompt_tokens, jnp.int32)
+  if prompts.ndim != 2:
+    raise ValueError(f'prompt_tokens must be [batch, length], got {prompts.shape}')
+  if max_decode_length < 1:
+    raise ValueError(f'max_decode_length must be >= 1, got {max_decode_length}')
+  if prompt_lengths is None:
+    prompt_lengths = jnp.full((prompts.shape[0],), prompts.shape[1], jnp.int32)
+  lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  if lengths.shape != (prompts.shape[0],):
+    raise ValueError(f'prompt_lengths must be [batch], got {lengths.shape}')
+  if method not in ('greedy', 'sample'):
+    raise ValueError(f"decoder-only decoding method {method!r}: expected 'greedy' or "
+                     "'sample'")
+  if rng is None:
+    rng = jax.random.PRNGKey(seed)
+  return _decode(_unwrap(params), prompts, lengths, rng, jnp.float32(temperature),
+                 config=config, max_decode_length=int(max_decode_length),
+                 sample=method == 'sample', topk=int(topk), topp=float(topp))
