@@ -26,11 +26,19 @@ SIZES = {
     't5/large': (32128, 'bfloat16', 1024, 16, 24, 24, 64, 4096, ('relu',), True),
 }
 
+# decoder-only file: (model_type, vocab, emb, heads, kv heads, layers, head_dim, mlp,
+#                     activation, tied, sliding layers)
+DECODER_ONLY_SIZES = {
+    'llama/tiny': ('llama', 384, 64, 4, 2, 2, 16, 128, 'silu', True, 0),
+    'qwen3/tiny': ('qwen3', 384, 64, 4, 2, 2, 16, 128, 'silu', True, 0),
+    'gemma3/tiny': ('gemma3_text', 384, 64, 4, 1, 3, 16, 128, 'gelu', True, 2),
+}
+
 
 def test_every_model_file_is_covered():
   files = {str(p.relative_to(REPO / 't5x_configs/models'))[:-4]
            for p in (REPO / 't5x_configs/models').rglob('*.gin')}
-  assert files == set(SIZES)
+  assert files == set(SIZES) | set(DECODER_ONLY_SIZES)
 
 
 @pytest.mark.parametrize('name', sorted(SIZES))
@@ -54,3 +62,28 @@ def test_model_gin_builds_config_and_model(name):
     assert model.input_vocabulary.vocab_size <= cfg.vocab_size
   finally:
     gin.clear_config()
+
+
+@pytest.mark.parametrize('name', sorted(DECODER_ONLY_SIZES))
+def test_decoder_only_gin_builds_network(name):
+  import jax
+  import jax.numpy as jnp
+  gin.clear_config()
+  gin.add_config_file_search_path(str(REPO))
+  try:
+    gin.parse_config_files_and_bindings([f't5x_configs/models/{name}.gin'],
+                                        ['DROPOUT_RATE = 0.1'])
+    net = gin.query_parameter('%NETWORK').scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  assert isinstance(net, models.DecoderOnlyTransformer)
+  cfg = net.config
+  got = (cfg.model_type, cfg.vocab_size, cfg.emb_dim, cfg.num_heads, cfg.num_kv_heads,
+         cfg.num_layers, cfg.head_dim, cfg.mlp_dim, cfg.mlp_activation,
+         cfg.logits_via_embedding, sum(map(cfg.is_sliding, range(cfg.num_layers))))
+  assert got == DECODER_ONLY_SIZES[name]
+  assert cfg.dropout_rate == 0.1 and cfg.dtype == 'float32'
+  x = jnp.ones((1, 4), jnp.int32)
+  out = jax.eval_shape(lambda: net.init_with_output(
+      jax.random.PRNGKey(0), x, x, enable_dropout=False)[0])
+  assert out.shape == (1, 4, cfg.vocab_size)
