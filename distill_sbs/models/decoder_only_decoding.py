@@ -112,3 +112,59 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
   return _decode(_unwrap(params), prompts, lengths, rng, jnp.float32(temperature),
                  config=config, max_decode_length=int(max_decode_length),
                  sample=method == 'sample', topk=int(topk), topp=float(topp))
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def _target_log_probs(params, prompts, lengths, targets, *, config):
+  """Log-softmax [b, target_len, vocab] of each target given its row's prompt."""
+  batch, prompt_len = prompts.shape
+  total = prompt_len + targets.shape[1]
+  j = jnp.arange(total)[None]  # [1, total]: prompt[:length] then the targets
+  from_prompt = jnp.take_along_axis(prompts, jnp.minimum(j, prompt_len - 1).repeat(
+      batch, 0), axis=1)
+  t_idx = jnp.clip(j - lengths[:, None], 0, targets.shape[1] - 1)
+  seq = jnp.where(j < lengths[:, None], from_prompt,
+                  jnp.take_along_axis(targets, t_idx, axis=1))  # [b, total]
+  logits = DecoderOnlyTransformer(config).apply({'params': params}, seq, None,
+                                                enable_dropout=False)
+  at = lengths[:, None] - 1 + jnp.arange(targets.shape[1])[None]  # predicting targets
+  logits = jnp.take_along_axis(logits, at[..., None], axis=1)
+  return jax.nn.log_softmax(logits.astype(jnp.float32))
+
+
+def _score_inputs(prompt_tokens, target_tokens, prompt_lengths, target_lengths):
+  prompts = jnp.asarray(prompt_tokens, jnp.int32)
+  targets = jnp.asarray(target_tokens, jnp.int32)
+  b = prompts.shape[0]
+  lengths = (jnp.full((b,), prompts.shape[1], jnp.int32) if prompt_lengths is None
+             else jnp.asarray(prompt_lengths, jnp.int32))
+  real = jnp.ones(targets.shape, bool) if target_lengths is None else (
+      jnp.arange(targets.shape[1])[None] < jnp.asarray(target_lengths)[:, None])
+  return prompts, targets, lengths, real
+
+
+def score(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array,
+          target_tokens: Array, *, prompt_lengths: Optional[Array] = None,
+          target_lengths: Optional[Array] = None) -> Array:
+  """Per-token log-probs [batch, target_len] of `target_tokens` continuing the
+  left-aligned prompts (0 at or past `target_lengths`; no id is padding)."""
+  from distill_sbs.models.decoding import _unwrap  # pylint: disable=g-import-not-at-top
+  prompts, targets, lengths, real = _score_inputs(prompt_tokens, target_tokens,
+                                                  prompt_lengths, target_lengths)
+  lp = _target_log_probs(_unwrap(params), prompts, lengths, targets, config=config)
+  token_lp = jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
+  return jnp.where(real, token_lp, 0.0)
+
+
+def topk_scores(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array,
+                target_tokens: Array, k: int, *, prompt_lengths: Optional[Array] = None,
+                target_lengths: Optional[Array] = None) -> tuple[Array, Array]:
+  """Top-k next-token ids [b, l, k] int32 and log-probs [b, l, k] at each target
+  position (teacher-forced, best first; 0 at or past `target_lengths`)."""
+  from distill_sbs.models.decoding import _unwrap  # pylint: disable=g-import-not-at-top
+  prompts, targets, lengths, real = _score_inputs(prompt_tokens, target_tokens,
+                                                  prompt_lengths, target_lengths)
+  lp = _target_log_probs(_unwrap(params), prompts, lengths, targets, config=config)
+  values, ids = jax.lax.top_k(lp, int(k))
+  real = real[..., None]
+  return jnp.where(real, ids, 0).astype(jnp.int32), jnp.where(real, values, 0.0)

@@ -300,8 +300,19 @@ def _score(params, encoder_input_tokens, decoder_target_tokens, *, config):
 
 
 def score(config: T5Config, params: Any, encoder_input_tokens: Array,
-          decoder_target_tokens: Array) -> Array:
-  """Teacher-forced per-token log-probs [batch, length] (0 where target == 0)."""
+          decoder_target_tokens: Array, **decoder_only_options) -> Array:
+  """Teacher-forced per-token log-probs [batch, length] (0 where target == 0).
+
+  With a `DecoderOnlyConfig`: the log-probs of the targets continuing the
+  left-aligned prompts (`prompt_lengths`, `target_lengths` options; see
+  `decoder_only_decoding.score`).
+  """
+  if isinstance(config, DecoderOnlyConfig):
+    from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
+    return decoder_only_decoding.score(config, params, encoder_input_tokens,
+                                       decoder_target_tokens, **decoder_only_options)
+  if decoder_only_options:
+    raise TypeError(f'score: unexpected options {sorted(decoder_only_options)}')
   return _score(_unwrap(params), jnp.asarray(encoder_input_tokens, jnp.int32),
                 jnp.asarray(decoder_target_tokens, jnp.int32), config=config)
 
@@ -315,8 +326,17 @@ def _topk(params, encoder_input_tokens, decoder_target_tokens, *, config, k):
 
 
 def topk_scores(config: T5Config, params: Any, encoder_input_tokens: Array,
-                decoder_target_tokens: Array, k: int) -> tuple[Array, Array]:
+                decoder_target_tokens: Array, k: int,
+                **decoder_only_options) -> tuple[Array, Array]:
   """Teacher-forced top-k next-token ids [b, l, k] int32 and log-probs [b, l, k]
-  (log-softmax of the logits, best first; ids 0 and log-probs 0 where target == 0)."""
+  (log-softmax of the logits, best first; ids 0 and log-probs 0 where target == 0).
+  A `DecoderOnlyConfig` goes to `decoder_only_decoding.topk_scores`."""
+  if isinstance(config, DecoderOnlyConfig):
+    from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
+    return decoder_only_decoding.topk_scores(config, params, encoder_input_tokens,
+                                             decoder_target_tokens, k,
+                                             **decoder_only_options)
+  if decoder_only_options:
+    raise TypeError(f'topk_scores: unexpected options {sorted(decoder_only_options)}')
   return _topk(_unwrap(params), jnp.asarray(encoder_input_tokens, jnp.int32),
                jnp.asarray(decoder_target_tokens, jnp.int32), config=config, k=int(k))

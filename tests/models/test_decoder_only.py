@@ -196,3 +196,21 @@ def test_config_validation_and_generate_dispatch():
   with pytest.raises(ValueError, match='unsupported'):
     models.generate(LLAMA, random_params(LLAMA), np.ones((1, 2), np.int32),
                     max_decode_length=2, method='beam', num_beams=2)
+
+
+def test_score_and_topk_match_generate(model):
+  config, params = model
+  prompts = np.random.default_rng(6).integers(4, config.vocab_size, (3, 6)).astype(np.int32)
+  lengths = np.array([6, 1, 4], np.int32)
+  cfg = config.replace(eos_ids=(10 ** 6,))
+  tokens, logp = models.generate(cfg, params, prompts, max_decode_length=5,
+                                 prompt_lengths=lengths)
+  scores = np.asarray(models.score(cfg, params, prompts, tokens, prompt_lengths=lengths))
+  np.testing.assert_allclose(scores.sum(-1), logp, atol=1e-4)
+  ids, lps = models.topk_scores(cfg, params, prompts, tokens, 3, prompt_lengths=lengths,
+                                target_lengths=np.array([5, 5, 2]))
+  ids, lps = np.asarray(ids), np.asarray(lps)
+  np.testing.assert_array_equal(ids[:, :, 0][:, :2], np.asarray(tokens)[:, :2])  # greedy
+  np.testing.assert_allclose(lps[:, :2, 0], scores[:, :2], atol=1e-5)
+  assert (ids[2, 2:] == 0).all() and (lps[2, 2:] == 0).all()
+  assert (np.diff(lps[:2], axis=-1) <= 0).all()
