@@ -1,4 +1,5 @@
-"""KV-cache decoding for `DecoderOnlyConfig` models: greedy and sampling.
+"""KV-cache decoding for `DecoderOnlyConfig` models: greedy, sampling, beam search;
+teacher-forced `score` / `topk_scores`.
 
 Prompts are left-aligned [batch, prompt_len] with `prompt_lengths` [batch]
 (tokens past a row's length are ignored). The cache holds prompt_len +
@@ -81,17 +82,88 @@ def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_le
   return tokens, logp
 
 
+@functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'beams'))
+def _beam_search(params, prompts, lengths, alpha, *, config, max_decode_length, beams):
+  """T5X-style beam search (`decoding._beam_search`) over a prefilled cache."""
+  from distill_sbs.models.decoding import NEG_INF, _gather_beams, brevity_penalty  # pylint: disable=g-import-not-at-top
+  model = DecoderOnlyTransformer(config)
+  batch, prompt_len = prompts.shape
+  k, length = beams, max_decode_length
+  cache = init_cache(config, params, batch, prompt_len + length)
+  positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
+  logits, cache = _apply(model, params, cache, prompts, positions)  # [b, P, vocab]
+  last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+  # Every beam of a row shares its prompt: [b, ...] -> [b*k, ...].
+  cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  last = jnp.repeat(last, k, axis=0)
+  lengths_k = jnp.repeat(lengths, k, axis=0)
+  eos = jnp.asarray(config.eos_ids, jnp.int32)
+
+  def cond(state):
+    i, alive_logp, fin_scores, fin_flags = state[0], state[2], state[5], state[6]
+    best_alive = alive_logp[:, 0] / brevity_penalty(alpha, jnp.array(length))
+    worst_fin = jnp.min(jnp.where(fin_flags, fin_scores, NEG_INF), axis=1)
+    done = jnp.all(fin_flags, axis=1) & (worst_fin >= best_alive)
+    return (i < length) & ~jnp.all(done)
+
+  def body(state):
+    i, alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, cache, logits = state
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))  # [b*k, vocab]
+    vocab = log_probs.shape[-1]
+    cand = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, -1)
+    top_logp, top_idx = jax.lax.top_k(cand, 2 * k)  # [b, 2k]
+    origin, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+    seqs = _gather_beams(alive_seq, origin, batch, flat=False).at[:, :, i].set(tok)
+    ended = jnp.isin(tok, eos)
+    alive_cand = jnp.where(ended, NEG_INF, top_logp)
+    is_eos = ended & (jnp.arange(2 * k) < k)[None]  # as transformers: only the top k
+    new_alive_logp, pick = jax.lax.top_k(alive_cand, k)
+    new_alive_seq = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
+    cache = _gather_beams(cache, jnp.take_along_axis(origin, pick, axis=1), batch,
+                          flat=True)
+    scores = jnp.where(is_eos, top_logp / brevity_penalty(alpha, i + 1), NEG_INF)
+    all_seq = jnp.concatenate([fin_seq, seqs], axis=1)
+    all_scores = jnp.concatenate([fin_scores, scores], axis=1)
+    all_logp = jnp.concatenate([fin_logp, top_logp], axis=1)
+    all_flags = jnp.concatenate([fin_flags, is_eos], axis=1)
+    fin_scores, keep = jax.lax.top_k(all_scores, k)
+    take = lambda x: jnp.take_along_axis(x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)),
+                                         axis=1)
+    fed = new_alive_seq[:, :, i].reshape(-1, 1)  # [b*k, 1]
+    logits, cache = _apply(model, params, cache, fed, (lengths_k + i)[:, None])
+    return (i + 1, new_alive_seq, new_alive_logp, take(all_seq), take(all_logp),
+            fin_scores, take(all_flags), cache, logits[:, 0])
+
+  init_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
+  pad_seq = jnp.full((batch, k, length), config.pad_id, jnp.int32)
+  state = (jnp.array(0, jnp.int32), pad_seq, init_logp, pad_seq,
+           jnp.full((batch, k), NEG_INF), jnp.full((batch, k), NEG_INF),
+           jnp.zeros((batch, k), bool), cache, last)
+  _, alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, _, _ = (
+      jax.lax.while_loop(cond, body, state))
+  alive_key = jnp.where(alive_logp > NEG_INF / 2, alive_logp - 1e6, 2 * NEG_INF)
+  keys = jnp.concatenate([jnp.where(fin_flags, fin_scores, 3 * NEG_INF), alive_key], 1)
+  _, order = jax.lax.top_k(keys, k)
+  seqs = jnp.take_along_axis(jnp.concatenate([fin_seq, alive_seq], 1), order[:, :, None],
+                             axis=1)
+  logp = jnp.take_along_axis(jnp.concatenate([fin_logp, alive_logp], 1), order, axis=1)
+  return seqs, logp
+
+
 def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
              max_decode_length: int, prompt_lengths: Optional[Array] = None,
              method: str = 'greedy', temperature: float = 1.0, topk: int = 0,
-             topp: float = 0.0, rng: Optional[Array] = None,
-             seed: int = 0) -> tuple[Array, Array]:
+             topp: float = 0.0, rng: Optional[Array] = None, seed: int = 0,
+             num_beams: Optional[int] = None, alpha: Optional[float] = None,
+             return_all_beams: bool = False) -> tuple[Array, Array]:
   """Continues left-aligned prompts [batch, len] (`prompt_lengths` [batch],
   default the full length) by `max_decode_length` tokens.
 
   Returns tokens [batch, max_decode_length] int32 (`config.pad_id` after the
   first EOS of `config.eos_ids`) and their summed log-probs [batch] (model's
-  own, temperature 1, up to and including EOS).
+  own, temperature 1, up to and including EOS). method='beam' (`num_beams`,
+  default 4; `alpha`, default 0.6, T5X's brevity penalty) returns the best
+  beam, or all [batch, beams, ...] best first with `return_all_beams`.
   """
   from distill_sbs.models.decoding import _unwrap  # pylint: disable=g-import-not-at-top
   prompts = jnp.asarray(prompt_tokens, jnp.int32)
@@ -104,9 +176,15 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
   lengths = jnp.asarray(prompt_lengths, jnp.int32)
   if lengths.shape != (prompts.shape[0],):
     raise ValueError(f'prompt_lengths must be [batch], got {lengths.shape}')
+  if method == 'beam':
+    seqs, logp = _beam_search(_unwrap(params), prompts, lengths,
+                              jnp.float32(0.6 if alpha is None else alpha), config=config,
+                              max_decode_length=int(max_decode_length),
+                              beams=int(num_beams or 4))
+    return (seqs, logp) if return_all_beams else (seqs[:, 0], logp[:, 0])
   if method not in ('greedy', 'sample'):
-    raise ValueError(f"decoder-only decoding method {method!r}: expected 'greedy' or "
-                     "'sample'")
+    raise ValueError(f"decoder-only decoding method {method!r}: expected 'greedy', "
+                     "'sample' or 'beam'")
   if rng is None:
     rng = jax.random.PRNGKey(seed)
   return _decode(_unwrap(params), prompts, lengths, rng, jnp.float32(temperature),

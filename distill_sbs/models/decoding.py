@@ -220,7 +220,7 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
 
   With a `DecoderOnlyConfig` the tokens are left-aligned prompts with
   `prompt_lengths` [batch] and `decoder_only_decoding.generate` runs (greedy /
-  sample; tokens after EOS are the config's pad id).
+  sample / beam; tokens after EOS are the config's pad id).
 
   Args:
     method: 'greedy', 'sample' (temperature, topk, topp, rng / seed) or 'beam'
@@ -239,16 +239,14 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
   """
   if isinstance(config, DecoderOnlyConfig):
     from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
-    unsupported = {k: v for k, v in dict(
-        num_beams=num_beams, beam_size=beam_size, alpha=alpha,
-        brevity_penalty=brevity_penalty, return_all_beams=return_all_beams,
-        return_topk=return_topk).items() if v}
-    if unsupported:
-      raise ValueError(f'decoder-only generate: unsupported options {sorted(unsupported)}')
+    if return_topk:
+      raise ValueError('decoder-only generate: return_topk is not supported')
     return decoder_only_decoding.generate(
         config, params, encoder_input_tokens, max_decode_length=max_decode_length,
         prompt_lengths=prompt_lengths, method=method, temperature=temperature, topk=topk,
-        topp=topp, rng=rng, seed=seed)
+        topp=topp, rng=rng, seed=seed, num_beams=num_beams or beam_size,
+        alpha=alpha if alpha is not None else brevity_penalty,
+        return_all_beams=return_all_beams)
   if prompt_lengths is not None:
     raise ValueError('prompt_lengths is for decoder-only configs')
   params = _unwrap(params)

@@ -193,9 +193,30 @@ def test_config_validation_and_generate_dispatch():
                                     mlp_dim=8, num_encoder_layers=1, num_decoder_layers=1),
                     {}, np.ones((1, 2), np.int32), max_decode_length=2,
                     prompt_lengths=np.array([2]))
-  with pytest.raises(ValueError, match='unsupported'):
+  with pytest.raises(ValueError, match='return_topk'):
     models.generate(LLAMA, random_params(LLAMA), np.ones((1, 2), np.int32),
-                    max_decode_length=2, method='beam', num_beams=2)
+                    max_decode_length=2, return_topk=2)
+
+
+def test_beam_search(model):
+  config, params = model
+  prompts = np.random.default_rng(7).integers(4, config.vocab_size, (3, 6)).astype(np.int32)
+  kw = dict(max_decode_length=6, prompt_lengths=np.array([6, 2, 4]))
+  greedy, greedy_lp = models.generate(config, params, prompts, **kw)
+  one, one_lp = models.generate(config, params, prompts, method='beam', num_beams=1,
+                                alpha=0.0, **kw)
+  np.testing.assert_array_equal(one, greedy)
+  np.testing.assert_allclose(one_lp, greedy_lp, atol=1e-5)
+  cfg = config.replace(eos_ids=(10 ** 6,))  # no EOS: full-length beams
+  seqs, lps = models.generate(cfg, params, prompts, method='beam', num_beams=3,
+                              return_all_beams=True, **kw)
+  assert seqs.shape == (3, 3, 6) and lps.shape == (3, 3)
+  assert (np.diff(np.asarray(lps), axis=1) <= 1e-6).all()
+  for b in range(3):
+    scores = models.score(cfg, params, prompts, seqs[:, b], prompt_lengths=kw['prompt_lengths'])
+    np.testing.assert_allclose(np.asarray(scores).sum(-1), lps[:, b], atol=1e-4)
+  g = models.generate(cfg, params, prompts, **kw)[1]
+  assert (np.asarray(lps[:, 0]) >= np.asarray(g) - 1e-4).all()
 
 
 def test_score_and_topk_match_generate(model):

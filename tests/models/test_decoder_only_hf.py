@@ -126,6 +126,25 @@ def test_greedy_matches_transformers_generate(hf_lm):
 VOCAB_SENTINEL = 10 ** 6  # an id no model emits
 
 
+def test_beam_search_matches_transformers(hf_lm):
+  """Without EOS and length penalty both keep the same top beams."""
+  _, path, model = hf_lm
+  config, params = models.load_hf_checkpoint(path)
+  config = config.replace(eos_ids=(VOCAB_SENTINEL,))
+  tokens, lengths = ragged_batch(seed=4, length=7)
+  seqs, _ = models.generate(config, params, tokens, max_decode_length=5,
+                            prompt_lengths=lengths, method='beam', num_beams=3, alpha=0.0)
+  model.generation_config.eos_token_id = None
+  for i, n in enumerate(lengths):
+    with torch.no_grad():
+      out = model.generate(input_ids=torch.tensor(tokens[i:i + 1, :n], dtype=torch.long),
+                           attention_mask=torch.ones((1, int(n)), dtype=torch.long),
+                           do_sample=False, num_beams=3, max_new_tokens=5, min_new_tokens=5,
+                           length_penalty=0.0, eos_token_id=None, pad_token_id=0,
+                           top_k=None, top_p=None, temperature=None)
+    np.testing.assert_array_equal(np.asarray(seqs[i]), out.numpy()[0, n:])
+
+
 def test_export_round_trip_gives_identical_hf_logits(hf_lm, tmp_path):
   kind, path, model = hf_lm
   config, params = models.load_hf_checkpoint(path)
