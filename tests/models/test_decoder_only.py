@@ -235,3 +235,39 @@ def test_score_and_topk_match_generate(model):
   np.testing.assert_allclose(lps[:, :2, 0], scores[:, :2], atol=1e-5)
   assert (ids[2, 2:] == 0).all() and (lps[2, 2:] == 0).all()
   assert (np.diff(lps[:2], axis=-1) <= 0).all()
+
+
+def test_mesh_1_vs_8_devices_with_fewer_kv_heads_than_model_parallel(model):
+  """T5X rules on a (data 2, model 4) mesh: kv heads (1 or 2) < model size 4.
+
+  The 'heads' / 'joined_kv' axes then split the key / value projections inside
+  a head (head_dim columns) and GSPMD pads or regathers the [.., kv_heads, ..]
+  activations; logits and gradients equal the single-device ones.
+  """
+  from distill_sbs.training import partitioning
+  config = model[0].replace(vocab_size=64)  # the vocabulary divides the mesh
+  params = random_params(config)
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 (host) devices')
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ('data', 'model'))
+  rules = partitioning.standard_logical_axis_rules()
+  x = jnp.ones((2, 5), jnp.int32)
+  boxed = jax.eval_shape(lambda: models.DecoderOnlyTransformer(config).init(
+      jax.random.PRNGKey(0), x, x, enable_dropout=False))['params']
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  tokens = np.random.default_rng(8).integers(4, config.vocab_size, (4, 12)).astype(np.int32)
+  net = models.DecoderOnlyTransformer(config)
+
+  def loss(p, t):
+    out = net.apply({'params': p}, t, None, enable_dropout=False)
+    return jnp.mean(jax.nn.logsumexp(out, -1)), out
+
+  ref_grads, ref = jax.jit(jax.grad(loss, has_aux=True))(params, tokens)
+  sharded = jax.device_put(params, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(sharded, tokens)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  key = sharded['decoder']['layers_0']['self_attention']['key']['kernel']
+  assert key.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
