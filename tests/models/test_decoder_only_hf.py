@@ -180,3 +180,12 @@ def test_pickle_only_directory_is_refused(tmp_path):
   torch.save(model.state_dict(), tmp_path / 'pytorch_model.bin')
   with pytest.raises(ValueError, match='pickled'):
     models.load_hf_checkpoint(tmp_path)
+
+
+def test_bfloat16_checkpoint_loads_as_float32(tmp_path):
+  model = build_hf('gemma3').to(torch.bfloat16)
+  model.save_pretrained(tmp_path, safe_serialization=True)
+  config, params = models.load_hf_checkpoint(tmp_path)
+  emb = params['decoder']['token_embedder']['embedding']
+  assert emb.dtype == np.float32
+  np.testing.assert_array_equal(emb, model.model.embed_tokens.weight.float().detach().numpy())
