@@ -92,6 +92,18 @@ def _student_spm(path):
   return write_spm_model(path, PIECES)
 
 
+def _train_student(model, tmp_path, task, lengths, steps, log_period):
+  """The project's trainer on a FIRST task (top-k converter, batch 16)."""
+  return train_loop.train(
+      model=model, model_dir=str(tmp_path / 'student'), total_steps=steps,
+      log_period=log_period,
+      train_dataset_cfg=input_pipeline.DatasetConfig(
+          task, lengths, batch_size=16, shuffle=False, module=None,
+          feature_converter_cls=topk.TopKFeatureConverter),
+      checkpoint_period=1000, keep_checkpoints=1, progress_bar=False,
+      async_checkpointing=False, initial_checkpoint_path=None, random_seed=1)
+
+
 def _student_and_teacher(tmp_path, monkeypatch):
   """(student SentencePiece path, its vocabulary, the bigram teacher); the
   server's API key in the environment."""
@@ -184,13 +196,7 @@ def test_served_teacher_in_another_tokenizer_trains_first(tmp_path, monkeypatch,
                                 enable_dropout=False)
     return float(loss_fn(logits, batch)[1]['kl'])
 
-  state, _ = train_loop.train(
-      model=model, model_dir=str(tmp_path / 'student'), total_steps=30, log_period=10,
-      train_dataset_cfg=input_pipeline.DatasetConfig(
-          'first_xt_e2e_test', lengths, batch_size=16, shuffle=False, module=None,
-          feature_converter_cls=topk.TopKFeatureConverter),
-      checkpoint_period=1000, keep_checkpoints=1, progress_bar=False,
-      async_checkpointing=False, initial_checkpoint_path=None, random_seed=1)
+  state, _ = _train_student(model, tmp_path, 'first_xt_e2e_test', lengths, 30, 10)
   before, after = kl_of(init), kl_of(meta.unbox(state.params))
   assert after < 0.5 * before, (before, after)
 
@@ -223,13 +229,7 @@ def test_uld_records_train_with_the_uld_term(tmp_path, monkeypatch):
   model = training_model.EncoderDecoderModel(
       module=models.Transformer(config), input_vocabulary=vocab, output_vocabulary=vocab,
       optimizer_def=optax.adam(1e-2), loss_fn=loss_fn)
-  train_loop.train(
-      model=model, model_dir=str(tmp_path / 'student'), total_steps=20, log_period=5,
-      train_dataset_cfg=input_pipeline.DatasetConfig(
-          'first_xt_uld_test', lengths, batch_size=16, shuffle=False, module=None,
-          feature_converter_cls=topk.TopKFeatureConverter),
-      checkpoint_period=1000, keep_checkpoints=1, progress_bar=False,
-      async_checkpointing=False, initial_checkpoint_path=None, random_seed=1)
+  _train_student(model, tmp_path, 'first_xt_uld_test', lengths, 20, 5)
   rows = [json.loads(l) for l in (tmp_path / 'student' / 'metrics.jsonl').read_text().splitlines()]
   rows = [r for r in rows if 'uld' in r]
   assert rows[0]['uld_tokens'] > 0

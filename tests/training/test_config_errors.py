@@ -17,12 +17,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env():
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'tests' / 'training'), str(REPO),
-                                       env.get('PYTHONPATH', '')])
-  env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env.pop('XLA_FLAGS', None)
-  return env
+  return helpers.cli_env()
 
 
 def _train(tmp_path, *args, gins=None):
@@ -101,29 +96,21 @@ def test_defined_but_unused_macro_passes(tmp_path):
   import gin  # pylint: disable=import-outside-toplevel
   f = tmp_path / 'x.gin'
   f.write_text('A = 1\nB = %A\nUNUSED = 2\n')
-  with gin.unlock_config():
-    gin.clear_config()
-    try:
-      gin.parse_config_files_and_bindings([str(f)], ['UNUSED = 3', 'A = 4'],
-                                          finalize_config=False)
-      config_checks.check_macro_bindings(['UNUSED = 3', 'A = 4'], [str(f)])  # a sweep's lengths
-      gin.parse_config_files_and_bindings([], ['B2 = 5'], finalize_config=False)
-      with pytest.raises(config_checks.ConfigError, match='gin macro B2 .*did you mean B'):
-        config_checks.check_macro_bindings(['B2 = 5'], [str(f)])
-    finally:
-      gin.clear_config()
+  with helpers.fresh_gin():
+    gin.parse_config_files_and_bindings([str(f)], ['UNUSED = 3', 'A = 4'],
+                                        finalize_config=False)
+    config_checks.check_macro_bindings(['UNUSED = 3', 'A = 4'], [str(f)])  # a sweep's lengths
+    gin.parse_config_files_and_bindings([], ['B2 = 5'], finalize_config=False)
+    with pytest.raises(config_checks.ConfigError, match='gin macro B2 .*did you mean B'):
+      config_checks.check_macro_bindings(['B2 = 5'], [str(f)])
 
 
 def test_known_macro_with_wrong_type_in_a_file(tmp_path):
   import gin  # pylint: disable=import-outside-toplevel
   f = tmp_path / 'x.gin'
   f.write_text("BATCH_SIZE = '16'\nX = %BATCH_SIZE\n")
-  with gin.unlock_config():
-    gin.clear_config()
-    try:
-      gin.parse_config_files_and_bindings([str(f)], [], finalize_config=False)
-      with pytest.raises(config_checks.ConfigError,
-                         match=r"gin macro BATCH_SIZE = '16' \(set in the gin files\) is a str"):
-        config_checks.check_macro_bindings([], [str(f)])
-    finally:
-      gin.clear_config()
+  with helpers.fresh_gin():
+    gin.parse_config_files_and_bindings([str(f)], [], finalize_config=False)
+    with pytest.raises(config_checks.ConfigError,
+                       match=r"gin macro BATCH_SIZE = '16' \(set in the gin files\) is a str"):
+      config_checks.check_macro_bindings([], [str(f)])

@@ -1,8 +1,6 @@
 """Two processes × 4 CPU devices (jax.distributed on localhost, gloo
 collectives) train to the same losses and parameters as one process × 8."""
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -14,19 +12,10 @@ import mp_worker
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process(tmp_path):
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'tests' / 'training'), str(REPO),
-                                       env.get('PYTHONPATH', '')])
+  env = helpers.cli_env()
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
-  env['JAX_PLATFORMS'] = 'cpu'
-  port, out = _free_port(), tmp_path / 'mp.npz'
+  port, out = helpers.free_port(), tmp_path / 'mp.npz'
   procs = [subprocess.Popen([sys.executable, str(REPO / 'tests/training/mp_worker.py'),
                              str(pid), str(port), str(out)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

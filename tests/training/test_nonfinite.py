@@ -23,11 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env():
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'tests' / 'training'), str(REPO),
-                                       env.get('PYTHONPATH', '')])
-  env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  return env
+  return helpers.cli_env(keep_xla_flags=True)
 
 
 def _gins(tmp_path):

@@ -20,12 +20,7 @@ STEPS = 16
 
 
 def _env():
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'tests' / 'training'), str(REPO),
-                                       env.get('PYTHONPATH', '')])
-  env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
-  env.pop('XLA_FLAGS', None)
-  return env
+  return helpers.cli_env()
 
 
 def _cmd(tmp_path, model_dir):

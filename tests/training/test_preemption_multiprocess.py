@@ -1,32 +1,22 @@
 """SIGTERM to one of two processes: both stop at the same step (JAX's
 preemption sync point), save one checkpoint together and exit 75."""
-import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import train_helpers as helpers
 from distill_sbs.training import preemption
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = 2000
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def test_sigterm_on_one_host_stops_both_at_one_step(tmp_path):
-  env = dict(os.environ)
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'tests' / 'training'), str(REPO),
-                                       env.get('PYTHONPATH', '')])
-  env.update(XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
-             TF_CPP_MIN_LOG_LEVEL='3')
-  port, run = _free_port(), tmp_path / 'run'
+  env = helpers.cli_env()
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+  port, run = helpers.free_port(), tmp_path / 'run'
   procs = [subprocess.Popen([sys.executable, str(REPO / 'tests/training/mp_preempt_worker.py'),
                              str(pid), str(port), str(run), str(STEPS)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,6 +1,11 @@
 """Tiny models and synthetic batches shared by the training tests."""
 from __future__ import annotations
 
+import contextlib
+import os
+import pathlib
+import socket
+
 import numpy as np
 import seqio
 
@@ -93,3 +98,38 @@ train/input_pipeline.DatasetConfig.module = 'tiny_tasks'
 validation/input_pipeline.DatasetConfig.module = 'tiny_tasks'
 evaluation.EvalConfig.module = 'tiny_tasks'
 """
+
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def cli_env(keep_xla_flags: bool = False) -> dict[str, str]:
+  """Environment of a `python -m distill_sbs...` subprocess in a test: these
+  helpers and the repo importable, CPU JAX, quiet TF; the test's 8 forced host
+  devices only with `keep_xla_flags`."""
+  env = dict(os.environ)
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO / 'tests' / 'training'), str(REPO),
+                                       env.get('PYTHONPATH', '')])
+  env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  if not keep_xla_flags:
+    env.pop('XLA_FLAGS', None)
+  return env
+
+
+def free_port() -> int:
+  """A free localhost port (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def fresh_gin():
+  """An empty, unlocked gin config for the block, cleared after it."""
+  import gin  # pylint: disable=g-import-not-at-top
+  with gin.unlock_config():
+    gin.clear_config()
+    try:
+      yield
+    finally:
+      gin.clear_config()
