@@ -355,8 +355,12 @@ class TopKDistillLoss:
     weights = batch.get('decoder_loss_weights')
     if weights is None:
       weights = (targets > 0).astype(jnp.float32)
-    weights = weights.astype(jnp.float32)
     ids, lps = batch['decoder_topk_ids'], batch['decoder_topk_logprobs']
+    # A token whose every stored entry is absent (a teacher distribution that
+    # could not be carried onto this token, `data.cross_tokenizer`) has loss
+    # weight 0: no KL, no CE, not counted by the normaliser.
+    carried = jnp.any(lps > ABSENT_LOGPROB, axis=-1)                  # [b, l]
+    weights = weights.astype(jnp.float32) * carried
     real = weights != 0
     k = ids.shape[-1]
     ids = jnp.where(real[..., None], ids, jnp.arange(k, dtype=ids.dtype))
@@ -382,4 +386,5 @@ class TopKDistillLoss:
     n_real = jnp.maximum(jnp.sum(real), 1)
     agree = jnp.sum(jnp.where(real, top1, False)) / n_real
     return loss, {'loss': loss, 'kl': kl, 'cross_entropy': ce, 'z_loss': zl,
-                  'weight_sum': jnp.sum(weights), 'topk_top1_agreement': agree}
+                  'weight_sum': jnp.sum(weights), 'topk_top1_agreement': agree,
+                  'uncarried_tokens': jnp.sum((targets > 0) & ~carried).astype(jnp.float32)}

@@ -225,3 +225,23 @@ def test_absent_entries_are_ignored(rest):
     grad = jax.grad(lambda zz: f(zz).sum())(jnp.asarray(z))
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
   np.testing.assert_allclose(np.asarray(grad), want_grad, atol=1e-5)
+
+
+def test_uncarried_tokens_have_loss_weight_zero():
+  """A real token whose top-k entries are all absent (a teacher distribution the
+  cross-tokenizer carry could not place) counts for nothing: the loss equals
+  the loss with that token's weight set to 0 (KL, CE and normaliser)."""
+  rng = np.random.default_rng(7)
+  logits, batch, mask = _batch(rng)
+  i, j = map(int, np.argwhere(mask > 0)[1])
+  lps = np.asarray(batch['decoder_topk_logprobs']).copy()
+  lps[i, j] = losses.ABSENT_LOGPROB * 10  # the carry's -1e4
+  absent = dict(batch, decoder_topk_logprobs=jnp.asarray(lps))
+  zeroed_w = np.asarray(batch['decoder_loss_weights']).copy()
+  zeroed_w[i, j] = 0.0
+  zeroed = dict(batch, decoder_loss_weights=jnp.asarray(zeroed_w))
+  fn = losses.TopKDistillLoss(kl_weight=0.4, teacher_temperature=1.5, rest_bucket=True)
+  got, m = fn(logits, absent)
+  want, _ = fn(logits, zeroed)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+  assert float(m['uncarried_tokens']) == 1.0
