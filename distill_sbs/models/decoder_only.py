@@ -156,10 +156,14 @@ class Attention(nn.Module):
 
     if decode:
       k, v, mask = self._cache(k, v, positions)
+    logit_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
+    if cfg.attention_kernel == 'jax' and (deterministic or cfg.dropout_rate == 0.0):
+      qkv = [t.astype(logit_dtype) for t in (q, k, v)]  # kv heads grouped natively
+      out = jax.nn.dot_product_attention(*qkv, mask=mask, scale=cfg.attention_scale())
+      return self._out(out.astype(dtype))
     if kvh != h:  # [b, k, h, d]: kv head i serves query heads i*g .. i*g+g-1
       k = nn.with_logical_constraint(jnp.repeat(k, h // kvh, axis=2), axes)
       v = nn.with_logical_constraint(jnp.repeat(v, h // kvh, axis=2), axes)
-    logit_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
     logits = jnp.einsum('bqhd,bkhd->bhqk', q.astype(logit_dtype), k.astype(logit_dtype))
     logits = logits * jnp.asarray(cfg.attention_scale(), logit_dtype)  # [b, h, q, k]
     if mask is not None:
@@ -167,10 +171,15 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(dtype)
     if not deterministic and cfg.dropout_rate > 0.0:
       weights = nn.Dropout(cfg.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(dtype))
-    out = nn.with_logical_constraint(out, axes).reshape(b, l, h * d)
-    return Dense(cfg.emb_dim, ('joined_kv', 'embed'), cfg.out_bias, dtype, pdtype,
-                 name='out')(out)
+    return self._out(jnp.einsum('bhqk,bkhd->bqhd', weights, v.astype(dtype)))
+
+  def _out(self, out: Array) -> Array:
+    """[b, l, heads, head_dim] -> [b, l, emb]."""
+    cfg = self.config
+    b, l = out.shape[:2]
+    out = nn.with_logical_constraint(out, ('batch', 'length', 'heads', 'kv'))
+    return Dense(cfg.emb_dim, ('joined_kv', 'embed'), cfg.out_bias, cfg.activation_dtype,
+                 cfg.weight_dtype, name='out')(out.reshape(b, l, -1))
 
   def _cache(self, k, v, positions):
     """Writes k / v [b, l, kvh, d] at cache indices positions[:, 0]...; returns the

@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 import gin
 import numpy as np
 
-from distill_sbs.models.config import ACTIVATIONS, REMAT_POLICIES, DTypeLike, canonical_dtype
+from distill_sbs.models.config import (ACTIVATIONS, ATTENTION_KERNELS, REMAT_POLICIES, DTypeLike,
+                                      canonical_dtype)
 
 MODEL_TYPES = ('llama', 'qwen2', 'qwen3', 'gemma3_text')
 ROPE_TYPES = ('default', 'linear', 'llama3')
@@ -70,6 +71,9 @@ class DecoderOnlyConfig:
   dropout_rate: float = 0.0
   float32_attention_logits: bool = True
   remat_policy: str = 'none'
+  # 'einsum' or 'jax' (`jax.nn.dot_product_attention`, grouped kv heads, fused
+  # on accelerators); the same numbers, not a parameter.
+  attention_kernel: str = 'einsum'
 
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
@@ -80,6 +84,9 @@ class DecoderOnlyConfig:
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(f'DecoderOnlyConfig.rope_type: unknown {self.rope_type!r}; '
                        f'expected one of {ROPE_TYPES}')
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f'DecoderOnlyConfig.attention_kernel: unknown '
+                       f'{self.attention_kernel!r}; expected one of {ATTENTION_KERNELS}')
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'DecoderOnlyConfig.remat_policy: unknown {self.remat_policy!r}')
     for field in ('dtype', 'param_dtype'):

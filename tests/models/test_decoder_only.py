@@ -271,3 +271,17 @@ def test_mesh_1_vs_8_devices_with_fewer_kv_heads_than_model_parallel(model):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   key = sharded['decoder']['layers_0']['self_attention']['key']['kernel']
   assert key.sharding.spec == jax.sharding.PartitionSpec(None, 'model')
+
+
+def test_jax_attention_kernel_equals_einsum(model):
+  config, params = model
+  tokens = np.random.default_rng(9).integers(4, config.vocab_size, (2, 9)).astype(np.int32)
+  fused = config.replace(attention_kernel='jax')
+  segments = np.array([[1] * 4 + [2] * 5, [1] * 9], np.int32)
+  prefix = np.array([[1, 1, 0, 0, 0, 0, 0, 0, 0]] * 2, np.int32)
+  for kw in ({}, dict(decoder_segment_ids=segments), dict(decoder_causal_attention=prefix)):
+    np.testing.assert_allclose(logits(fused, params, tokens, **kw),
+                               logits(config, params, tokens, **kw), atol=1e-5)
+  kw = dict(max_decode_length=4, prompt_lengths=np.array([9, 3]))
+  np.testing.assert_array_equal(models.generate(fused, params, tokens, **kw)[0],
+                                models.generate(config, params, tokens, **kw)[0])
