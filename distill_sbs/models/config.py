@@ -47,9 +47,45 @@ def activation_fn(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
   return ACTIVATIONS[name]
 
 
+class ModelConfigBase:
+  """What the T5 and decoder-only configs share: dtype handling and the checks
+  of the fields both have (frozen dataclasses subclass it)."""
+
+  def _check_common(self, positive: Sequence[str]) -> None:
+    """Normalises dtypes to names; validates kernel, remat, sizes, dropout."""
+    name = type(self).__name__
+    # String dtype names keep the config hashable and printable;
+    # `.activation_dtype` / `.weight_dtype` give jnp types.
+    for field in ('dtype', 'param_dtype'):
+      object.__setattr__(
+          self, field, jnp.dtype(canonical_dtype(getattr(self, field), field)).name)
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f'{name}.attention_kernel: unknown {self.attention_kernel!r}; '
+                       f'expected one of {ATTENTION_KERNELS}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'{name}.remat_policy: unknown {self.remat_policy!r}; '
+                       f'expected one of {REMAT_POLICIES}')
+    for field in positive:
+      if int(getattr(self, field)) <= 0:
+        raise ValueError(f'{name}.{field} must be positive, got {getattr(self, field)!r}')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'{name}.dropout_rate must be in [0, 1), got {self.dropout_rate!r}')
+
+  @property
+  def activation_dtype(self) -> Any:
+    return canonical_dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> Any:
+    return canonical_dtype(self.param_dtype, 'param_dtype')
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
 @gin.configurable(module='distill_sbs.models')
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(ModelConfigBase):
   """Global hyper-parameters of the encoder-decoder (as T5X's `T5Config`).
 
   `mlp_activations=('gelu', 'linear')` is T5 v1.1 / Flan-T5 (gated GELU),
@@ -88,37 +124,8 @@ class T5Config:
         raise ValueError(f'T5Config.mlp_activations: unknown activation {a!r}; '
                          f'expected one of {sorted(ACTIVATIONS)}')
     object.__setattr__(self, 'mlp_activations', acts)
-    # Normalise dtypes to their string names so the config stays hashable and
-    # prints cleanly; `.activation_dtype` / `.weight_dtype` give jnp types.
-    for field in ('dtype', 'param_dtype'):
-      object.__setattr__(
-          self, field, jnp.dtype(canonical_dtype(getattr(self, field), field)).name)
-    if self.attention_kernel not in ATTENTION_KERNELS:
-      raise ValueError(f'T5Config.attention_kernel: unknown {self.attention_kernel!r}; '
-                       f'expected one of {ATTENTION_KERNELS}')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f'T5Config.remat_policy: unknown {self.remat_policy!r}; '
-                       f'expected one of {REMAT_POLICIES}')
-    for field in ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
-                  'relative_attention_num_buckets',
-                  'relative_attention_max_distance'):
-      if int(getattr(self, field)) <= 0:
-        raise ValueError(f'T5Config.{field} must be positive, got '
-                         f'{getattr(self, field)!r}')
+    self._check_common(('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim',
+                        'relative_attention_num_buckets', 'relative_attention_max_distance'))
     for field in ('num_encoder_layers', 'num_decoder_layers'):
       if int(getattr(self, field)) < 0:
         raise ValueError(f'T5Config.{field} must be >= 0')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got '
-                       f'{self.dropout_rate!r}')
-
-  @property
-  def activation_dtype(self) -> Any:
-    return canonical_dtype(self.dtype)
-
-  @property
-  def weight_dtype(self) -> Any:
-    return canonical_dtype(self.param_dtype, 'param_dtype')
-
-  def replace(self, **changes) -> 'T5Config':
-    return dataclasses.replace(self, **changes)

@@ -15,8 +15,7 @@ from typing import Any, Optional, Sequence
 import gin
 import numpy as np
 
-from distill_sbs.models.config import (ACTIVATIONS, ATTENTION_KERNELS, REMAT_POLICIES, DTypeLike,
-                                      canonical_dtype)
+from distill_sbs.models.config import ACTIVATIONS, DTypeLike, ModelConfigBase
 
 MODEL_TYPES = ('llama', 'qwen2', 'qwen3', 'gemma3_text')
 ROPE_TYPES = ('default', 'linear', 'llama3')
@@ -25,7 +24,7 @@ LAYER_TYPES = ('full_attention', 'sliding_attention')
 
 @gin.configurable(module='distill_sbs.models')
 @dataclasses.dataclass(frozen=True)
-class DecoderOnlyConfig:
+class DecoderOnlyConfig(ModelConfigBase):
   """Global hyper-parameters of `DecoderOnlyTransformer` (HF semantics).
 
   RoPE: `rope_theta` with `rope_type` 'default' / 'linear' (`rope_factor`) /
@@ -84,24 +83,14 @@ class DecoderOnlyConfig:
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(f'DecoderOnlyConfig.rope_type: unknown {self.rope_type!r}; '
                        f'expected one of {ROPE_TYPES}')
-    if self.attention_kernel not in ATTENTION_KERNELS:
-      raise ValueError(f'DecoderOnlyConfig.attention_kernel: unknown '
-                       f'{self.attention_kernel!r}; expected one of {ATTENTION_KERNELS}')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f'DecoderOnlyConfig.remat_policy: unknown {self.remat_policy!r}')
-    for field in ('dtype', 'param_dtype'):
-      object.__setattr__(
-          self, field, np.dtype(canonical_dtype(getattr(self, field), field)).name)
+    self._check_common(('vocab_size', 'emb_dim', 'num_heads', 'num_kv_heads', 'head_dim',
+                        'mlp_dim'))
     eos = self.eos_ids
     eos = (eos,) if isinstance(eos, int) else tuple(int(e) for e in eos)
     object.__setattr__(self, 'eos_ids', eos)
     lt = self.layer_types
     lt = (lt,) if isinstance(lt, str) else tuple(lt)
     object.__setattr__(self, 'layer_types', lt)
-    for field in ('vocab_size', 'emb_dim', 'num_heads', 'num_kv_heads', 'head_dim',
-                  'mlp_dim'):
-      if int(getattr(self, field)) <= 0:
-        raise ValueError(f'DecoderOnlyConfig.{field} must be positive')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f'DecoderOnlyConfig: num_heads {self.num_heads} is not a multiple '
                        f'of num_kv_heads {self.num_kv_heads}')
@@ -113,16 +102,6 @@ class DecoderOnlyConfig:
         raise ValueError(f'DecoderOnlyConfig.layer_types: unknown {t!r}')
     if 'sliding_attention' in lt and not self.sliding_window:
       raise ValueError('DecoderOnlyConfig: sliding_attention layers need sliding_window')
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError('DecoderOnlyConfig.dropout_rate must be in [0, 1)')
-
-  @property
-  def activation_dtype(self) -> Any:
-    return canonical_dtype(self.dtype)
-
-  @property
-  def weight_dtype(self) -> Any:
-    return canonical_dtype(self.param_dtype, 'param_dtype')
 
   @property
   def eos_id(self) -> int:
@@ -155,5 +134,3 @@ class DecoderOnlyConfig:
     medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
     return np.where(medium, smoothed, out)
 
-  def replace(self, **changes) -> 'DecoderOnlyConfig':
-    return dataclasses.replace(self, **changes)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
+from distill_sbs.models import decoding
 from distill_sbs.models.decoder_only import DecoderOnlyTransformer
 from distill_sbs.models.decoder_only_config import DecoderOnlyConfig
 
@@ -45,7 +46,6 @@ def init_cache(config: DecoderOnlyConfig, params, batch: int, length: int):
                                              'topk', 'topp'))
 def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_length,
             sample, topk, topp):
-  from distill_sbs.models.decoding import _filter_logits  # pylint: disable=g-import-not-at-top
   model = DecoderOnlyTransformer(config)
   batch, prompt_len = prompts.shape
   cache = init_cache(config, params, batch, prompt_len + max_decode_length)
@@ -61,12 +61,7 @@ def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_le
   def body(state):
     i, tokens, done, logp, cache, rng, logits = state
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))  # [b, vocab]
-    if sample:
-      rng, sub = jax.random.split(rng)
-      scaled = _filter_logits(log_probs / jnp.maximum(temperature, 1e-9), topk, topp)
-      nxt = jax.random.categorical(sub, scaled, axis=-1).astype(jnp.int32)
-    else:
-      nxt = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    nxt, rng = decoding.next_token(log_probs, rng, temperature, sample, topk, topp)
     step_logp = jnp.take_along_axis(log_probs, nxt[:, None], axis=-1)[:, 0]
     logp = logp + jnp.where(done, 0.0, step_logp)
     nxt = jnp.where(done, config.pad_id, nxt)
@@ -109,30 +104,13 @@ def _beam_search(params, prompts, lengths, alpha, *, config, max_decode_length, 
   def body(state):
     i, alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, cache, logits = state
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))  # [b*k, vocab]
-    vocab = log_probs.shape[-1]
-    cand = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, -1)
-    top_logp, top_idx = jax.lax.top_k(cand, 2 * k)  # [b, 2k]
-    origin, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
-    seqs = _gather_beams(alive_seq, origin, batch, flat=False).at[:, :, i].set(tok)
-    ended = jnp.isin(tok, eos)
-    alive_cand = jnp.where(ended, NEG_INF, top_logp)
-    is_eos = ended & (jnp.arange(2 * k) < k)[None]  # as transformers: only the top k
-    new_alive_logp, pick = jax.lax.top_k(alive_cand, k)
-    new_alive_seq = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
-    cache = _gather_beams(cache, jnp.take_along_axis(origin, pick, axis=1), batch,
-                          flat=True)
-    scores = jnp.where(is_eos, top_logp / brevity_penalty(alpha, i + 1), NEG_INF)
-    all_seq = jnp.concatenate([fin_seq, seqs], axis=1)
-    all_scores = jnp.concatenate([fin_scores, scores], axis=1)
-    all_logp = jnp.concatenate([fin_logp, top_logp], axis=1)
-    all_flags = jnp.concatenate([fin_flags, is_eos], axis=1)
-    fin_scores, keep = jax.lax.top_k(all_scores, k)
-    take = lambda x: jnp.take_along_axis(x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)),
-                                         axis=1)
-    fed = new_alive_seq[:, :, i].reshape(-1, 1)  # [b*k, 1]
+    beams, origin = decoding.beam_update(
+        i, (alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags), log_probs,
+        lambda t: jnp.isin(t, eos), alpha, k)
+    cache = _gather_beams(cache, origin, batch, flat=True)
+    fed = beams[0][:, :, i].reshape(-1, 1)  # [b*k, 1]: the new alive beams' tokens
     logits, cache = _apply(model, params, cache, fed, (lengths_k + i)[:, None])
-    return (i + 1, new_alive_seq, new_alive_logp, take(all_seq), take(all_logp),
-            fin_scores, take(all_flags), cache, logits[:, 0])
+    return (i + 1, *beams, cache, logits[:, 0])
 
   init_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
   pad_seq = jnp.full((batch, k, length), config.pad_id, jnp.int32)
@@ -141,13 +119,8 @@ def _beam_search(params, prompts, lengths, alpha, *, config, max_decode_length, 
            jnp.zeros((batch, k), bool), cache, last)
   _, alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, _, _ = (
       jax.lax.while_loop(cond, body, state))
-  alive_key = jnp.where(alive_logp > NEG_INF / 2, alive_logp - 1e6, 2 * NEG_INF)
-  keys = jnp.concatenate([jnp.where(fin_flags, fin_scores, 3 * NEG_INF), alive_key], 1)
-  _, order = jax.lax.top_k(keys, k)
-  seqs = jnp.take_along_axis(jnp.concatenate([fin_seq, alive_seq], 1), order[:, :, None],
-                             axis=1)
-  logp = jnp.take_along_axis(jnp.concatenate([fin_logp, alive_logp], 1), order, axis=1)
-  return seqs, logp
+  return decoding.best_beams(alive_seq, alive_logp, fin_seq, fin_logp, fin_scores,
+                             fin_flags, k)
 
 
 def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,

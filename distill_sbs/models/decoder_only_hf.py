@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from flax import traverse_util
-from flax.core import meta
 
 from distill_sbs.models import hf_io
 from distill_sbs.models.decoder_only_config import DecoderOnlyConfig
@@ -255,20 +254,8 @@ def hf_config(config: DecoderOnlyConfig) -> dict:
 def save(path: str, config: DecoderOnlyConfig, params: Params) -> None:
   """Writes `config.json` + `model.safetensors` loadable by `transformers`."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  params = meta.unbox(params)
-  if set(params) == {'params'}:
-    params = params['params']
-  flat = traverse_util.flatten_dict(dict(params))
   cfg = hf_config(config)
-  tensors = {}
-  for name, ours, transpose, shape in param_map(config):
-    if ours not in flat:
-      raise KeyError(f'params: missing parameter {"/".join(ours)} (HF {name!r})')
-    value = np.asarray(flat[ours], dtype=np.float32)
-    if tuple(value.shape) != shape:
-      raise ValueError(f'params: parameter {"/".join(ours)} has shape {value.shape}, '
-                       f'expected {shape}')
-    tensors[name] = np.ascontiguousarray(value.T if transpose else value)
+  _, tensors = hf_io.hf_tensors(params, param_map(config))
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, 'config.json'), 'w') as f:
     json.dump(cfg, f, indent=2, sort_keys=True)

@@ -82,6 +82,17 @@ def _filter_logits(logits: Array, topk: int, topp: float) -> Array:
   return logits
 
 
+def next_token(log_probs: Array, rng: Array, temperature, sample: bool, topk: int,
+               topp: float) -> tuple[Array, Array]:
+  """[batch, vocab] log-probs -> the next tokens [batch] (argmax, or a sample at
+  `temperature` after top-k / top-p filtering) and the advanced rng."""
+  if not sample:
+    return jnp.argmax(log_probs, axis=-1).astype(jnp.int32), rng
+  rng, sub = jax.random.split(rng)
+  scaled = _filter_logits(log_probs / jnp.maximum(temperature, 1e-9), topk, topp)
+  return jax.random.categorical(sub, scaled, axis=-1).astype(jnp.int32), rng
+
+
 @functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'sample',
                                              'topk', 'topp', 'record_topk'))
 def _greedy_or_sample(params, encoder_input_tokens, rng, temperature, *, config,
@@ -104,12 +115,7 @@ def _greedy_or_sample(params, encoder_input_tokens, rng, temperature, *, config,
       values, ids = jax.lax.top_k(log_probs.astype(jnp.float32), k)   # [batch, k]
       top_ids = top_ids.at[:, i].set(jnp.where(done[:, None], 0, ids.astype(jnp.int32)))
       top_lps = top_lps.at[:, i].set(jnp.where(done[:, None], 0.0, values))
-    if sample:
-      rng, sub = jax.random.split(rng)
-      scaled = _filter_logits(log_probs / jnp.maximum(temperature, 1e-9), topk, topp)
-      nxt = jax.random.categorical(sub, scaled, axis=-1).astype(jnp.int32)
-    else:
-      nxt = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+    nxt, rng = next_token(log_probs, rng, temperature, sample, topk, topp)
     nxt = jnp.where(done, 0, nxt)
     step_logp = jnp.take_along_axis(log_probs, nxt[:, None], axis=-1)[:, 0]
     logp = logp + jnp.where(done, 0.0, step_logp)
@@ -165,31 +171,10 @@ def _beam_search(params, encoder_input_tokens, alpha, *, config, max_decode_leng
     prev = jnp.take(alive_seq, jnp.maximum(i - 1, 0), axis=2)  # [b, k]
     token = jnp.where(i == 0, 0, prev).reshape(-1)
     log_probs, cache = _step(model, params, cache, encoded, enc, token, length)
-    vocab = log_probs.shape[-1]
-    cand = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, -1)
-    top_logp, top_idx = jax.lax.top_k(cand, 2 * k)  # [b, 2k]
-    origin, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
-    seqs = _gather_beams(alive_seq, origin, batch, flat=False).at[:, :, i].set(tok)  # [b, 2k, L]
-    # New alive beams: the best k candidates that did not end.
-    alive_cand = jnp.where(tok == EOS_ID, NEG_INF, top_logp)
-    # As in transformers, an EOS candidate finishes a hypothesis only when it
-    # ranks among the top k (so one beam is exactly greedy decoding).
-    is_eos = (tok == EOS_ID) & (jnp.arange(2 * k) < k)[None]
-    new_alive_logp, pick = jax.lax.top_k(alive_cand, k)
-    new_alive_seq = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
-    cache = _gather_beams(cache, jnp.take_along_axis(origin, pick, axis=1), batch,
-                          flat=True, skip_cross=True)
-    # Finished pool: merge the old one with the candidates that hit EOS.
-    scores = jnp.where(is_eos, top_logp / brevity_penalty(alpha, i + 1), NEG_INF)
-    all_seq = jnp.concatenate([fin_seq, seqs], axis=1)
-    all_scores = jnp.concatenate([fin_scores, scores], axis=1)
-    all_logp = jnp.concatenate([fin_logp, top_logp], axis=1)
-    all_flags = jnp.concatenate([fin_flags, is_eos], axis=1)
-    fin_scores, keep = jax.lax.top_k(all_scores, k)
-    take = lambda x: jnp.take_along_axis(x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)),
-                                         axis=1)
-    return (i + 1, new_alive_seq, new_alive_logp, take(all_seq), take(all_logp),
-            fin_scores, take(all_flags), cache)
+    beams, origin = beam_update(i, (alive_seq, alive_logp, fin_seq, fin_logp, fin_scores,
+                                    fin_flags), log_probs, lambda t: t == EOS_ID, alpha, k)
+    cache = _gather_beams(cache, origin, batch, flat=True, skip_cross=True)
+    return (i + 1, *beams, cache)
 
   init_logp = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (batch, 1))
   zeros_seq = jnp.zeros((batch, k, length), jnp.int32)
@@ -198,15 +183,53 @@ def _beam_search(params, encoder_input_tokens, alpha, *, config, max_decode_leng
            jnp.zeros((batch, k), bool), cache)
   _, alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, _ = (
       jax.lax.while_loop(cond, body, state))
-  # Finished hypotheses first (by penalised score), then alive ones fill the
-  # remaining slots; a row where nothing finished returns its alive beams (T5X).
+  return best_beams(alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, k)
+
+
+def beam_update(i, beams, log_probs: Array, ended, alpha, k: int):
+  """One beam-search step on `beams` = (alive_seq [b, k, L], alive_logp [b, k],
+  fin_seq [b, k, L], fin_logp, fin_scores, fin_flags [b, k]) with the next-token
+  `log_probs` [b·k, vocab]; `ended(tokens)` says which tokens end a hypothesis.
+  Returns the new beams and, per new alive beam, the old beam it extends
+  [b, k] (to reorder the cache)."""
+  alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags = beams
+  batch, vocab = alive_seq.shape[0], log_probs.shape[-1]
+  cand = (alive_logp[:, :, None] + log_probs.reshape(batch, k, vocab)).reshape(batch, -1)
+  top_logp, top_idx = jax.lax.top_k(cand, 2 * k)  # [b, 2k]
+  origin, tok = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+  seqs = _gather_beams(alive_seq, origin, batch, flat=False).at[:, :, i].set(tok)  # [b, 2k, L]
+  # New alive beams: the best k candidates that did not end.
+  is_end = ended(tok)
+  alive_cand = jnp.where(is_end, NEG_INF, top_logp)
+  # As in transformers, an ending candidate finishes a hypothesis only when it
+  # ranks among the top k (so one beam is exactly greedy decoding).
+  is_eos = is_end & (jnp.arange(2 * k) < k)[None]
+  new_alive_logp, pick = jax.lax.top_k(alive_cand, k)
+  new_alive_seq = jnp.take_along_axis(seqs, pick[:, :, None], axis=1)
+  # Finished pool: merge the old one with the candidates that ended.
+  scores = jnp.where(is_eos, top_logp / brevity_penalty(alpha, i + 1), NEG_INF)
+  all_scores = jnp.concatenate([fin_scores, scores], axis=1)
+  fin_scores, keep = jax.lax.top_k(all_scores, k)
+  take = lambda x: jnp.take_along_axis(x, keep.reshape(keep.shape + (1,) * (x.ndim - 2)),
+                                       axis=1)
+  finished = (take(jnp.concatenate([fin_seq, seqs], axis=1)),
+              take(jnp.concatenate([fin_logp, top_logp], axis=1)), fin_scores,
+              take(jnp.concatenate([fin_flags, is_eos], axis=1)))
+  return ((new_alive_seq, new_alive_logp, *finished),
+          jnp.take_along_axis(origin, pick, axis=1))
+
+
+def best_beams(alive_seq, alive_logp, fin_seq, fin_logp, fin_scores, fin_flags, k: int):
+  """The k best of a beam search's finished and alive hypotheses [b, k, len]:
+  finished ones first (by penalised score), then alive ones fill the remaining
+  slots; a row where nothing finished returns its alive beams (T5X)."""
   alive_key = jnp.where(alive_logp > NEG_INF / 2, alive_logp - 1e6, 2 * NEG_INF)
   keys = jnp.concatenate([jnp.where(fin_flags, fin_scores, 3 * NEG_INF), alive_key], 1)
   _, order = jax.lax.top_k(keys, k)
   seqs = jnp.take_along_axis(jnp.concatenate([fin_seq, alive_seq], 1), order[:, :, None],
                              axis=1)
   logp = jnp.take_along_axis(jnp.concatenate([fin_logp, alive_logp], 1), order, axis=1)
-  return seqs, logp
+  return seqs, logp                                           # [b, k, len], [b, k]
 
 
 def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,

@@ -258,19 +258,16 @@ def load_hf_checkpoint(path: str) -> tuple[Any, Params]:
   return config, traverse_util.unflatten_dict(flat)
 
 
-def save_hf_checkpoint(path: str, config: Any, params: Params) -> None:
-  """Writes `config.json` + `model.safetensors` loadable by `transformers`."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  path = os.fspath(path)
-  if isinstance(config, DecoderOnlyConfig):
-    from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
-    return decoder_only_hf.save(path, config, params)
+def hf_tensors(params: Any, mapping) -> tuple[dict, dict[str, np.ndarray]]:
+  """(our flat params, HF name -> float32 tensor) for `mapping` rows
+  `(hf name, our path, transpose, hf shape)`; a missing parameter or a wrong
+  shape is an error naming it."""
   params = meta.unbox(params)
   if set(params) == {'params'}:
     params = params['params']
   flat = traverse_util.flatten_dict(dict(params))
   tensors = {}
-  for name, ours, transpose, shape in _param_map(config):
+  for name, ours, transpose, shape in mapping:
     if ours not in flat:
       raise KeyError(f'params: missing parameter {"/".join(ours)} (HF {name!r})')
     value = np.asarray(flat[ours], dtype=np.float32)
@@ -278,6 +275,17 @@ def save_hf_checkpoint(path: str, config: Any, params: Params) -> None:
       raise ValueError(f'params: parameter {"/".join(ours)} has shape {value.shape}, '
                        f'expected {shape}')
     tensors[name] = np.ascontiguousarray(value.T if transpose else value)
+  return flat, tensors
+
+
+def save_hf_checkpoint(path: str, config: Any, params: Params) -> None:
+  """Writes `config.json` + `model.safetensors` loadable by `transformers`."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  if isinstance(config, DecoderOnlyConfig):
+    from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
+    return decoder_only_hf.save(path, config, params)
+  flat, tensors = hf_tensors(params, _param_map(config))
   for name in ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight'):
     tensors[name] = tensors['shared.weight'].copy()
   if not config.logits_via_embedding:
