@@ -26,11 +26,11 @@ INSTALL_REQUIRES = [
 ]
 
 TEST_REQUIRES = [
-    "pytest",
-    "pytest-xdist",
-    "hypothesis",
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    "hypothesis==6.170.17",
     "torch==2.13.0",
-    "transformers",
+    "transformers==5.24.0",
 ]
 
 setuptools.setup(

@@ -72,15 +72,20 @@ def test_every_model_file_is_covered():
   assert files == set(SIZES) | set(DECODER_ONLY_SIZES)
 
 
+def _build(name: str, macro: str):
+  """Parses `t5x_configs/models/{name}.gin` (dropout 0.1) and builds `%macro`."""
+  gin.clear_config()
+  gin.add_config_file_search_path(str(REPO))
+  gin.parse_config_files_and_bindings([f't5x_configs/models/{name}.gin'],
+                                      ['DROPOUT_RATE = 0.1'])
+  return gin.query_parameter(f'%{macro}').scoped_configurable_fn()
+
+
 @pytest.mark.parametrize('name', sorted(SIZES))
 def test_model_gin_builds_config_and_model(name):
   from distill_sbs.training import model as training_model
-  gin.clear_config()
-  gin.add_config_file_search_path(str(REPO))
   try:
-    gin.parse_config_files_and_bindings([f't5x_configs/models/{name}.gin'],
-                                        ['DROPOUT_RATE = 0.1'])
-    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+    model = _build(name, 'MODEL')
     assert isinstance(model, training_model.EncoderDecoderModel)
     assert isinstance(model.module, models.Transformer)
     cfg = model.module.config
@@ -99,12 +104,8 @@ def test_model_gin_builds_config_and_model(name):
 def test_decoder_only_gin_builds_network(name):
   import jax
   import jax.numpy as jnp
-  gin.clear_config()
-  gin.add_config_file_search_path(str(REPO))
   try:
-    gin.parse_config_files_and_bindings([f't5x_configs/models/{name}.gin'],
-                                        ['DROPOUT_RATE = 0.1'])
-    net = gin.query_parameter('%NETWORK').scoped_configurable_fn()
+    net = _build(name, 'NETWORK')
   finally:
     gin.clear_config()
   assert isinstance(net, models.DecoderOnlyTransformer)
