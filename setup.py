@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "openai",
     "tqdm",
     "safetensors",
+    "tokenizers==0.23.3",
 ]
 
 TEST_REQUIRES = [

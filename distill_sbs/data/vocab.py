@@ -2,8 +2,16 @@
 
 Selection, first match wins, resolved at the first *use* of the vocabulary:
   1. gin `get_vocabulary.spm_path = '/path/spiece.model'` (or the argument),
-  2. `$DISTILL_SBS_SPM_PATH`,
-  3. `seqio.ByteVocabulary(extra_ids=100)` (vocab_size 359; offline default).
+  2. gin `get_vocabulary.hf_tokenizer_path = '/path/checkpoint_dir'` (or the
+     argument): the directory's `tokenizer.json` as an `HfTokenizerVocabulary`
+     (`data/hf_vocab.py`; special ids from the checkpoint, extra_ids=0),
+  3. `$DISTILL_SBS_SPM_PATH`,
+  4. `$DISTILL_SBS_HF_TOKENIZER` (a checkpoint directory, or its tokenizer.json),
+  5. `seqio.ByteVocabulary(extra_ids=100)` (vocab_size 359; offline default).
+An argument beats both env vars; `spm_path` beats `hf_tokenizer_path` (so an
+explicit `get_vocabulary(spm_path)` call, e.g. a T5 teacher's, still works while
+gin binds `hf_tokenizer_path` for the student). Both env vars set (and no
+argument) is a ValueError: the choice would be ambiguous.
 
 Tasks are registered at import time with `DEFAULT_VOCABULARY`, a `LazyVocabulary`
 that calls `get_vocabulary()` the first time any attribute is needed (reading
@@ -22,15 +30,34 @@ from typing import Optional
 import gin
 import seqio
 
+from distill_sbs.data import hf_vocab
+
 SPM_PATH_ENV = 'DISTILL_SBS_SPM_PATH'
+HF_TOKENIZER_ENV = 'DISTILL_SBS_HF_TOKENIZER'
 BYTE_EXTRA_IDS = 100
 
 
 @gin.configurable
 def get_vocabulary(spm_path: Optional[str] = None,
-                   extra_ids: int = BYTE_EXTRA_IDS) -> seqio.Vocabulary:
-  """SentencePiece by path (T5's `spiece.model`: extra_ids=100), else bytes."""
-  spm_path = spm_path or os.environ.get(SPM_PATH_ENV) or None
+                   extra_ids: int = BYTE_EXTRA_IDS,
+                   hf_tokenizer_path: Optional[str] = None) -> seqio.Vocabulary:
+  """SentencePiece by path (T5's `spiece.model`: extra_ids=100), a Hugging Face
+  `tokenizer.json` by checkpoint directory (`extra_ids` unused), else bytes."""
+  if spm_path:
+    hf_tokenizer_path = None
+  elif not hf_tokenizer_path:
+    spm_path = os.environ.get(SPM_PATH_ENV) or None
+    hf_tokenizer_path = os.environ.get(HF_TOKENIZER_ENV) or None
+    if spm_path and hf_tokenizer_path:
+      raise ValueError(f'${SPM_PATH_ENV} and ${HF_TOKENIZER_ENV} are both set '
+                       f'({spm_path!r}, {hf_tokenizer_path!r}); set one')
+  if hf_tokenizer_path:
+    path = os.path.expanduser(hf_tokenizer_path)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'Hugging Face tokenizer directory not found: {path!r} '
+                              f'(from get_vocabulary.hf_tokenizer_path or '
+                              f'${HF_TOKENIZER_ENV})')
+    return hf_vocab.HfTokenizerVocabulary(path)
   if spm_path:
     path = os.path.expanduser(spm_path)
     if not os.path.exists(path):
@@ -47,10 +74,13 @@ def file_hash(path: str) -> str:
 
 
 def vocab_hash(vocabulary: seqio.Vocabulary) -> str:
-  """sha256 hex of the SentencePiece model file; for byte vocabularies the
-  sha256 of 'seqio.ByteVocabulary(extra_ids=N)'."""
+  """sha256 hex of the SentencePiece model file, or of a Hugging Face
+  `tokenizer.json`; for byte vocabularies the sha256 of
+  'seqio.ByteVocabulary(extra_ids=N)'."""
   if isinstance(vocabulary, LazyVocabulary):
     vocabulary = vocabulary.resolved
+  if isinstance(vocabulary, hf_vocab.HfTokenizerVocabulary):
+    return vocabulary.sha256
   if isinstance(vocabulary, seqio.SentencePieceVocabulary):
     path = vocabulary.sentencepiece_model_file
     if path and os.path.exists(path):
@@ -63,8 +93,9 @@ def vocab_hash(vocabulary: seqio.Vocabulary) -> str:
 
 
 # The seqio.Vocabulary interface `LazyVocabulary` forwards to the resolved vocabulary.
+# `eos_ids` only where the resolved vocabulary has it (HfTokenizerVocabulary).
 _DELEGATED_PROPERTIES = ('bos_id', 'eos_id', 'pad_id', 'unk_id', 'extra_ids', 'vocab_size',
-                         '_base_vocab_size')
+                         '_base_vocab_size', 'eos_ids')
 _DELEGATED_METHODS = ('_encode', '_decode', '_encode_tf', '_decode_tf', 'encode', 'decode',
                       'encode_tf', 'decode_tf')
 
