@@ -25,6 +25,7 @@ import numpy as np
 from flax import traverse_util
 
 from distill_sbs.models import hf_io
+from distill_sbs.models import network
 
 AssignmentMap = Sequence[tuple[str, Optional[str]]]
 
@@ -185,6 +186,7 @@ def assign_params(target: Mapping[str, Any], source: Mapping[str, Any],
   Returns:
     (flat dict path → array or None (keep initial), list of loaded paths).
   """
+  source = match_layer_layout(source, target)
   flat_t = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(target)).items()}
   flat_s = {'/'.join(k): v for k, v in traverse_util.flatten_dict(dict(source)).items()}
   out, loaded = {}, []
@@ -211,6 +213,30 @@ def assign_params(target: Mapping[str, Any], source: Mapping[str, Any],
     out[path] = arr.astype(tval.dtype)
     loaded.append(path)
   return out, loaded
+
+
+def _scanned(tree: Mapping[str, Any]) -> Optional[bool]:
+  """True: stacked `layers` (scan_layers); False: `layers_{i}`; None: neither."""
+  for sub in tree.values():
+    if isinstance(sub, Mapping):
+      if 'layers' in sub:
+        return True
+      if any(re.fullmatch(r'layers_\d+', k) for k in sub):
+        return False
+  return None
+
+
+def match_layer_layout(source: Mapping[str, Any], target: Mapping[str, Any]
+                       ) -> Mapping[str, Any]:
+  """`source` in the layer layout of `target` (T5 `scan_layers` stacked
+  'layers' vs per-layer 'layers_{i}'), so either checkpoint loads into either
+  model."""
+  want, have = _scanned(target), _scanned(source)
+  if want is None or have is None or want == have:
+    return source
+  source = {k: np.asarray(v) if not isinstance(v, Mapping) else v
+            for k, v in dict(source).items()}
+  return network.scan_layer_params(source) if want else network.unscan_layer_params(source)
 
 
 def load_initial_params(path: str, params: Any, shardings: Any,

@@ -111,6 +111,9 @@ class T5Config(ModelConfigBase):
   # 'einsum' or 'jax' (`jax.nn.dot_product_attention`, fused on accelerators);
   # the same numbers, not a parameter: checkpoints do not change.
   attention_kernel: str = 'einsum'
+  # T5X's name: run each stack's layers under one `nn.scan` (compile time does
+  # not grow with depth); parameters stack on a leading 'layers' axis.
+  scan_layers: bool = False
 
   def __post_init__(self):
     acts = self.mlp_activations

@@ -139,14 +139,19 @@ def _gather_beams(tree, origin: Array, batch: int, flat: bool, skip_cross: bool 
   attention caches, which are identical across the beams of a row.
   """
 
-  def gather(path, x):
-    if x.ndim == 0 or (skip_cross and any(
-        getattr(p, 'key', None) == 'encoder_decoder_attention' for p in path)):
-      return x
+  def gather_leaf(x):
     y = x.reshape((batch, -1) + x.shape[1:]) if flat else x
     idx = origin.reshape(origin.shape + (1,) * (y.ndim - 2))
     y = jnp.take_along_axis(y, idx, axis=1)
     return y.reshape((-1,) + y.shape[2:]) if flat else y
+
+  def gather(path, x):
+    keys = [getattr(p, 'key', None) for p in path]
+    # Under `scan_layers` the cache leaves carry a leading layer axis.
+    stacked = 'layers' in keys
+    if x.ndim == int(stacked) or (skip_cross and 'encoder_decoder_attention' in keys):
+      return x
+    return jax.vmap(gather_leaf)(x) if stacked else gather_leaf(x)
 
   return jax.tree_util.tree_map_with_path(gather, tree)
 

@@ -34,6 +34,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import meta
 
+from distill_sbs.models import network
 from distill_sbs.models.config import T5Config
 from distill_sbs.models.decoder_only_config import DecoderOnlyConfig, MODEL_TYPES
 
@@ -285,6 +286,11 @@ def save_hf_checkpoint(path: str, config: Any, params: Params) -> None:
   if isinstance(config, DecoderOnlyConfig):
     from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
     return decoder_only_hf.save(path, config, params)
+  params = meta.unbox(params)
+  if set(params) == {'params'}:
+    params = params['params']
+  # A `scan_layers` tree (stacked 'layers') is written as HF's per-layer blocks.
+  params = network.unscan_layer_params(params)
   flat, tensors = hf_tensors(params, _param_map(config))
   for name in ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight'):
     tensors[name] = tensors['shared.weight'].copy()

@@ -237,17 +237,21 @@ class MultiHeadDotProductAttention(nn.Module):
       raise ValueError(f'Autoregressive cache shape error: expected query shape '
                        f'{(batch, 1, num_heads, head_dim)}, got {query.shape}')
     cur = cache_index.value
-    one_hot = jax.nn.one_hot(cur, length, dtype=key.dtype)  # [length]
-    key = cached_key.value + jnp.moveaxis(key, -3, -1) * one_hot
-    value = cached_value.value + jnp.moveaxis(value, -3, -1) * one_hot
+    # Write this position's key / value in place ([b, h, d, 1] at column cur).
+    zero = jnp.zeros((), jnp.int32)
+    key = lax.dynamic_update_slice(cached_key.value, jnp.moveaxis(key, -3, -1),
+                                   (zero, zero, zero, cur))
+    value = lax.dynamic_update_slice(cached_value.value, jnp.moveaxis(value, -3, -1),
+                                     (zero, zero, zero, cur))
     cached_key.value, cached_value.value = key, value
     cache_index.value = cur + 1
     key = jnp.moveaxis(key, -1, -3)  # [b, length, h, d]
     value = jnp.moveaxis(value, -1, -3)
     causal = jnp.broadcast_to(jnp.arange(length) <= cur, (batch, 1, 1, length))
     mask = combine_masks(mask, causal)
-    if bias is not None:
-      # bias [1, h, length, length] -> the current query row [1, h, 1, length].
+    if bias is not None and bias.shape[-2] > 1:
+      # bias [1, h, length, length] -> the current query row [1, h, 1, length]
+      # (the T5 decoder passes that row already).
       bias = lax.dynamic_slice_in_dim(bias, cur, 1, axis=-2)
     return key, value, mask, bias
 
@@ -279,24 +283,25 @@ class MultiHeadDotProductAttention(nn.Module):
     return key, value
 
 
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool = True,
-                             num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
-  """T5's bucketing of memory_position - query_position (numpy, static)."""
+def relative_position_bucket(relative_position, bidirectional: bool = True,
+                             num_buckets: int = 32, max_distance: int = 128, xp=np):
+  """T5's bucketing of memory_position - query_position (numpy when static,
+  `xp=jnp` for a traced query position)."""
   ret = 0
   n = -relative_position
   if bidirectional:
     num_buckets //= 2
     ret += (n < 0).astype(np.int32) * num_buckets
-    n = np.abs(n)
+    n = xp.abs(n)
   else:
-    n = np.maximum(n, 0)
+    n = xp.maximum(n, 0)
   max_exact = num_buckets // 2
   is_small = n < max_exact
   val_if_large = max_exact + (
-      np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
+      xp.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps) /
       np.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(np.int32)
-  val_if_large = np.minimum(val_if_large, num_buckets - 1)
-  return ret + np.where(is_small, n, val_if_large)
+  val_if_large = xp.minimum(val_if_large, num_buckets - 1)
+  return ret + xp.where(is_small, n, val_if_large)
 
 
 class RelativePositionBiases(nn.Module):
@@ -309,18 +314,25 @@ class RelativePositionBiases(nn.Module):
   embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 
   @nn.compact
-  def __call__(self, qlen: int, klen: int, bidirectional: bool = True) -> Array:
-    """Returns the bias [1, heads, qlen, klen]."""
-    context = np.arange(qlen, dtype=np.int32)[:, None]
+  def __call__(self, qlen: int, klen: int, bidirectional: bool = True,
+               query_position: Optional[Array] = None) -> Array:
+    """Returns the bias [1, heads, qlen, klen]; with `query_position` (a traced
+    scalar, decoding) only that query row, [1, heads, 1, klen]."""
     memory = np.arange(klen, dtype=np.int32)[None, :]
+    if query_position is None:
+      context = np.arange(qlen, dtype=np.int32)[:, None]
+      xp = np
+    else:
+      context = jnp.reshape(query_position, (1, 1)).astype(jnp.int32)
+      xp = jnp
     buckets = relative_position_bucket(memory - context, bidirectional=bidirectional,
                                        num_buckets=self.num_buckets,
-                                       max_distance=self.max_distance)
+                                       max_distance=self.max_distance, xp=xp)
     table = _param(self, 'rel_embedding', self.embedding_init,
                    (self.num_heads, self.num_buckets), self.param_dtype,
                    ('heads', 'relpos_buckets'))
     values = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(buckets), axis=1)
-    return values[jnp.newaxis]  # [1, h, qlen, klen]
+    return values[jnp.newaxis]  # [1, h, qlen | 1, klen]
 
 
 def make_attention_mask(query_input: Array, key_input: Array,

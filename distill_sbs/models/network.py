@@ -18,13 +18,23 @@ Parameter tree (T5X names, 2-D kernels, logical axes in brackets):
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel                  [embed, vocab] (untied only)
 
+With `T5Config.scan_layers` (T5X's name) each stack's layers run under one
+`nn.scan` (compile time independent of depth): the parameters of
+`{encoder,decoder}/layers_{i}/...` become `{encoder,decoder}/layers/...` with a
+leading layer axis (logical axis 'layers', never sharded). `scan_layer_params`
+/ `unscan_layer_params` convert between the two trees, and checkpoint loading
+(`checkpoint_formats.assign_params`) does it on the fly, so HF / T5X / our
+checkpoints load into either layout. (T5X's own scanned layout puts the layer
+axis at position 1 of each kernel; ours is position 0.)
+
 Like T5X, packed sequences are handled by segment-id masks (relative position
 biases see within-segment distances unchanged), so `*_positions` are accepted
 for interface compatibility but not needed.
 """
 from __future__ import annotations
 
-from typing import Optional
+import re
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +127,73 @@ class DecoderLayer(nn.Module):
              h, encoded, encoder_decoder_mask, deterministic=deterministic, decode=decode))])
 
 
+class _ScannedEncoderLayer(EncoderLayer):
+  """`EncoderLayer` as an `nn.scan` body: static flags as attributes, (carry, None)."""
+  deterministic: bool = True
+
+  def __call__(self, inputs, encoder_mask, bias):  # pylint: disable=arguments-differ
+    return super().__call__(inputs, encoder_mask, bias, self.deterministic), None
+
+
+class _ScannedDecoderLayer(DecoderLayer):
+  """`DecoderLayer` as an `nn.scan` body."""
+  deterministic: bool = True
+  decode: bool = False
+
+  def __call__(self, inputs, encoded, decoder_mask, encoder_decoder_mask, bias):  # pylint: disable=arguments-differ
+    return super().__call__(inputs, encoded, decoder_mask, encoder_decoder_mask, bias,
+                            self.deterministic, self.decode), None
+
+
+def _scanned(cfg: T5Config, layer_cls, length: int, num_broadcast: int, cache: bool):
+  """`layer_cls` scanned over `length` layers (the carry is the hidden state;
+  the other `num_broadcast` arguments are shared), parameters (and the decoding
+  cache) stacked on a leading 'layers' axis; remat per layer as configured."""
+  if cfg.remat_policy != 'none' and not cache:
+    layer_cls = _maybe_remat(cfg, layer_cls, static_argnums=())
+  axes = {'params': 0, 'cache': 0} if cache else {'params': 0}
+  return nn.scan(layer_cls, variable_axes=axes,
+                 split_rngs={'params': True, 'dropout': True},
+                 in_axes=(nn.broadcast,) * num_broadcast, length=length,
+                 metadata_params={nn.PARTITION_NAME: 'layers'})
+
+
+_LAYER_KEY = re.compile(r'layers_(\d+)$')
+
+
+def scan_layer_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """`{encoder,decoder}/layers_{i}/...` → `{encoder,decoder}/layers/...`, each
+  leaf stacked on a new leading axis (the `scan_layers=True` tree)."""
+  out = {}
+  for stack, sub in params.items():
+    if not isinstance(sub, Mapping) or not any(_LAYER_KEY.match(k) for k in sub):
+      out[stack] = sub
+      continue
+    idx = sorted(int(_LAYER_KEY.match(k).group(1)) for k in sub if _LAYER_KEY.match(k))
+    if idx != list(range(len(idx))):
+      raise ValueError(f'scan_layer_params: {stack}/ has layers {idx}, not 0..{len(idx) - 1}')
+    layers_ = [sub[f'layers_{i}'] for i in idx]
+    rest = {k: v for k, v in sub.items() if not _LAYER_KEY.match(k)}
+    rest['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers_)
+    out[stack] = rest
+  return out
+
+
+def unscan_layer_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The inverse of `scan_layer_params`."""
+  out = {}
+  for stack, sub in params.items():
+    if not isinstance(sub, Mapping) or 'layers' not in sub:
+      out[stack] = sub
+      continue
+    n = jax.tree.leaves(sub['layers'])[0].shape[0]
+    rest = {k: v for k, v in sub.items() if k != 'layers'}
+    for i in range(n):
+      rest[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], sub['layers'])
+    out[stack] = rest
+  return out
+
+
 class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
@@ -129,9 +206,13 @@ class Encoder(nn.Module):
     bias = _relpos(cfg)(length, length, True)  # [1, h, len, len]
     x = self.shared_embedding(encoder_input_tokens.astype(jnp.int32))
     x = _dropout(cfg, x, deterministic).astype(cfg.activation_dtype)
-    layer_cls = _maybe_remat(cfg, EncoderLayer, static_argnums=(4,))
-    for i in range(cfg.num_encoder_layers):
-      x = layer_cls(config=cfg, name=f'layers_{i}')(x, encoder_mask, bias, deterministic)
+    if cfg.scan_layers:
+      x = _scanned(cfg, _ScannedEncoderLayer, cfg.num_encoder_layers, 2, cache=False)(
+          config=cfg, deterministic=deterministic, name='layers')(x, encoder_mask, bias)[0]
+    else:
+      layer_cls = _maybe_remat(cfg, EncoderLayer, static_argnums=(4,))
+      for i in range(cfg.num_encoder_layers):
+        x = layer_cls(config=cfg, name=f'layers_{i}')(x, encoder_mask, bias, deterministic)
     x = _norm(cfg, 'encoder_norm')(x)
     return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -151,14 +232,28 @@ class Decoder(nn.Module):
     cfg = self.config
     length = (max_decode_length if decode and max_decode_length
               else decoder_input_tokens.shape[-1])
-    bias = _relpos(cfg)(length, length, False)  # [1, h, len, len], computed once
+    if decode and self.has_variable('cache', 'cache_index'):
+      # A decoding step: only the current query row [1, h, 1, len]; the
+      # position is the decoder's own `cache_index` (T5X's cache_map skips it).
+      index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+      bias = _relpos(cfg)(1, length, False, query_position=index.value)
+      index.value = index.value + 1
+    else:
+      if decode:  # the cache-initialising call
+        self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+      bias = _relpos(cfg)(length, length, False)  # [1, h, len, len], computed once
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     y = _dropout(cfg, y, deterministic).astype(cfg.activation_dtype)
     # Remat only for training; the decode path mutates the cache.
-    layer_cls = DecoderLayer if decode else _maybe_remat(cfg, DecoderLayer, (6, 7))
-    for i in range(cfg.num_decoder_layers):
-      y = layer_cls(config=cfg, name=f'layers_{i}')(
-          y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode)
+    if cfg.scan_layers:
+      y = _scanned(cfg, _ScannedDecoderLayer, cfg.num_decoder_layers, 4, cache=decode)(
+          config=cfg, deterministic=deterministic, decode=decode, name='layers')(
+              y, encoded, decoder_mask, encoder_decoder_mask, bias)[0]
+    else:
+      layer_cls = DecoderLayer if decode else _maybe_remat(cfg, DecoderLayer, (6, 7))
+      for i in range(cfg.num_decoder_layers):
+        y = layer_cls(config=cfg, name=f'layers_{i}')(
+            y, encoded, decoder_mask, encoder_decoder_mask, bias, deterministic, decode)
     y = _norm(cfg, 'decoder_norm')(y)
     y = _dropout(cfg, y, deterministic)
     if cfg.logits_via_embedding:

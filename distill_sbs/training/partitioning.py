@@ -21,19 +21,19 @@ def standard_logical_axis_rules(
   dims = (activation_partitioning_dims, parameter_partitioning_dims)
   if dims == (1, 1):
     rules = [('batch', 'data'), ('vocab', 'model'), ('embed', None),
-             ('mlp', 'model'), ('heads', 'model'), ('kv', None),
+             ('mlp', 'model'), ('heads', 'model'), ('kv', None), ('layers', None),
              ('joined_kv', 'model')]
   elif dims == (2, 1):
     rules = [('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'),
-             ('heads', 'model'), ('kv', None), ('joined_kv', 'model'),
+             ('heads', 'model'), ('kv', None), ('layers', None), ('joined_kv', 'model'),
              ('embed', 'model')]
   elif dims == (1, 2):
     rules = [('batch', 'data'), ('vocab', 'model'), ('embed', 'data'),
-             ('mlp', 'model'), ('heads', 'model'), ('kv', None),
+             ('mlp', 'model'), ('heads', 'model'), ('kv', None), ('layers', None),
              ('joined_kv', 'model')]
   elif dims == (2, 2):
     rules = [('batch', 'data'), ('vocab', 'model'), ('mlp', 'model'),
-             ('heads', 'model'), ('kv', None), ('joined_kv', 'model'),
+             ('heads', 'model'), ('kv', None), ('layers', None), ('joined_kv', 'model'),
              ('embed', 'model'), ('embed', 'data')]
   else:
     raise ValueError(
