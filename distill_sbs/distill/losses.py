@@ -360,6 +360,7 @@ class TopKDistillLoss:
     # could not be carried onto this token, `data.cross_tokenizer`) has loss
     # weight 0: no KL, no CE, not counted by the normaliser.
     carried = jnp.any(lps > ABSENT_LOGPROB, axis=-1)                  # [b, l]
+    scored = weights != 0  # not token > 0: id 0 is a real token in HF vocabularies
     weights = weights.astype(jnp.float32) * carried
     real = weights != 0
     k = ids.shape[-1]
@@ -387,4 +388,4 @@ class TopKDistillLoss:
     agree = jnp.sum(jnp.where(real, top1, False)) / n_real
     return loss, {'loss': loss, 'kl': kl, 'cross_entropy': ce, 'z_loss': zl,
                   'weight_sum': jnp.sum(weights), 'topk_top1_agreement': agree,
-                  'uncarried_tokens': jnp.sum((targets > 0) & ~carried).astype(jnp.float32)}
+                  'uncarried_tokens': jnp.sum(scored & ~carried).astype(jnp.float32)}

@@ -44,7 +44,8 @@ def run_student_eval(*, model: Any, model_dir: str, eval_task: str, dataset: str
              'targets': int(max_decode_length or lengths.get('targets') or 64)}
   predictor, params = evaluation.load_predictor(model, model_dir, batch_size, mesh_config)
   evaluator = evaluation.make_evaluator(evaluation.EvalConfig(
-      eval_task, lengths, split=split, batch_size=batch_size, num_examples=num_examples))
+      eval_task, lengths, split=split, batch_size=batch_size, num_examples=num_examples),
+      model=model)
   log(f'  evaluating {model_dir} on {eval_task}/{split}')
   res = evaluation.student_eval(evaluator, predictor.predict_with_aux_fn(params),
                                 predictor.score_fn(params), dataset, num_bins=num_bins,

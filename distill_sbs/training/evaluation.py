@@ -154,10 +154,15 @@ class Predictor:
     return sorted(results, key=lambda r: r[0])
 
   def predict_with_aux_fn(self, params: Any, rng: Optional[jax.Array] = None):
-    """ds -> [(index, (tokens, sequence log-prob))]."""
-    keys = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens')
-    # Only the encoder is cut: the decoder length is the decode length.
-    trim = (('encoder_input_tokens',),)
+    """ds -> [(index, (tokens, sequence log-prob))].
+
+    The features fed and the groups cut to the longest real row are the
+    model's `PREDICT_FEATURES` / `PREDICT_TRIM` (decoder-only models); by
+    default the encoder-decoder ones (only the encoder is cut: the decoder
+    length is the decode length)."""
+    keys = getattr(self.model, 'PREDICT_FEATURES',
+                   ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens'))
+    trim = getattr(self.model, 'PREDICT_TRIM', (('encoder_input_tokens',),))
     return lambda ds: self._run(lambda b: self._predict(params, b, rng), ds, keys, trim)
 
   def predict_fn(self, params: Any, rng: Optional[jax.Array] = None):
@@ -166,11 +171,14 @@ class Predictor:
     return lambda ds: [(i, tokens) for i, (tokens, _) in predict(ds)]
 
   def score_fn(self, params: Any):
-    """ds -> [(index, summed target log-prob)] (seqio's `score_fn`)."""
-    keys = ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens',
-            'decoder_loss_weights')
-    trim = (('encoder_input_tokens',), ('decoder_target_tokens', 'decoder_input_tokens',
-                                        'decoder_loss_weights'))
+    """ds -> [(index, summed target log-prob)] (seqio's `score_fn`); features as
+    `predict_with_aux_fn` (the model's `SCORE_FEATURES` / `SCORE_TRIM`)."""
+    keys = getattr(self.model, 'SCORE_FEATURES',
+                   ('encoder_input_tokens', 'decoder_target_tokens', 'decoder_input_tokens',
+                    'decoder_loss_weights'))
+    trim = getattr(self.model, 'SCORE_TRIM', (
+        ('encoder_input_tokens',),
+        ('decoder_target_tokens', 'decoder_input_tokens', 'decoder_loss_weights')))
     return lambda ds: self._run(lambda b: self._score(params, b), ds, keys, trim)
 
 
@@ -202,11 +210,18 @@ def checkpoint_step(checkpoint_path: str) -> int:
   return -1 if step is None else step
 
 
-def make_evaluator(cfg: EvalConfig, log_dir: Optional[str] = None) -> seqio.Evaluator:
+def make_evaluator(cfg: EvalConfig, log_dir: Optional[str] = None,
+                   model: Any = None) -> seqio.Evaluator:
+  """The seqio Evaluator of `cfg`; with `model`, its converter class goes through
+  the model's `converter_for` (a decoder-only model maps the encoder-decoder
+  default to its own)."""
   input_pipeline.import_task_module(cfg.module)
+  converter_cls = cfg.feature_converter_cls
+  if model is not None and hasattr(model, 'converter_for'):
+    converter_cls = model.converter_for(converter_cls)
   return seqio.Evaluator(
       mixture_or_task_name=cfg.mixture_or_task_name,
-      feature_converter=cfg.feature_converter_cls(pack=False),
+      feature_converter=converter_cls(pack=False),
       eval_split=cfg.split, use_cached=cfg.use_cached, seed=cfg.seed,
       sequence_length=dict(cfg.task_feature_lengths) if cfg.task_feature_lengths else None,
       num_examples=cfg.num_examples, shuffle=False, log_dir=log_dir,
@@ -254,7 +269,10 @@ def _candidate_rows(model_ds: tf.data.Dataset, cands: Sequence[Sequence[str]],
                     vocab: seqio.Vocabulary) -> tf.data.Dataset:
   """Enumerated model features: example i's encoder input with each of its
   candidates (+ EOS) as target, row i * width + j; short sets repeat their
-  last candidate (a repeat never wins the argmax)."""
+  last candidate (a repeat never wins the argmax). Decoder-only rows (no
+  encoder input): the example's inputs part followed by each candidate."""
+  if 'encoder_input_tokens' not in model_ds.element_spec[1]:
+    return _decoder_only_candidate_rows(model_ds, cands, vocab)
   enc = dict(model_ds.map(lambda i, f: (i, f['encoder_input_tokens'])).as_numpy_iterator())
   width = max(len(c) for c in cands)
   ids = [[list(vocab.encode(x)) + [vocab.eos_id] for x in c + [c[-1]] * (width - len(c))]
@@ -268,6 +286,40 @@ def _candidate_rows(model_ds: tf.data.Dataset, cands: Sequence[Sequence[str]],
            'decoder_input_tokens': np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
            'decoder_loss_weights': (targets > 0).astype(np.int32)}
   return tf.data.Dataset.from_tensor_slices((np.arange(len(targets)), feats))
+
+
+def _decoder_only_candidate_rows(model_ds: tf.data.Dataset, cands: Sequence[Sequence[str]],
+                                 vocab: seqio.Vocabulary) -> tf.data.Dataset:
+  """`_candidate_rows` for decoder-only converter rows (`inputs ++ candidate`,
+  loss on the candidate; segment ids mark the real tokens, id 0 may be one)."""
+  prefix_lm = 'decoder_causal_attention' in model_ds.element_spec[1]
+  prompts = {}
+  for i, f in model_ds.as_numpy_iterator():
+    weighted = np.asarray(f['decoder_loss_weights']) > 0
+    m = int(np.argmax(weighted)) + 1 if weighted.any() else len(weighted)
+    # The inputs part: the fed tokens up to the one predicting the first target.
+    prompts[i] = np.asarray(f['decoder_input_tokens'])[:m]
+  width = max(len(c) for c in cands)
+  seqs, starts = [], []
+  for i, c in enumerate(map(list, cands)):
+    for x in c + [c[-1]] * (width - len(c)):
+      seqs.append(np.concatenate([prompts[i], list(vocab.encode(x)) + [vocab.eos_id]]))
+      starts.append(len(prompts[i]))
+  n = max(len(s) for s in seqs) - 1
+  feats = {k: np.zeros((len(seqs), n), np.int32) for k in (
+      'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights',
+      'decoder_segment_ids', 'decoder_positions') + (('decoder_causal_attention',)
+                                                     if prefix_lm else ())}
+  for r, (s, m) in enumerate(zip(seqs, starts)):
+    k = len(s) - 1
+    feats['decoder_input_tokens'][r, :k] = s[:-1]
+    feats['decoder_target_tokens'][r, :k] = s[1:]
+    feats['decoder_loss_weights'][r, max(m - 1, 0):k] = 1
+    feats['decoder_segment_ids'][r, :k] = 1
+    feats['decoder_positions'][r, :k] = np.arange(k)
+    if prefix_lm:
+      feats['decoder_causal_attention'][r, :m] = 1
+  return tf.data.Dataset.from_tensor_slices((np.arange(len(seqs)), feats))
 
 
 def student_eval(evaluator: seqio.Evaluator, predict_with_aux_fn: Callable,

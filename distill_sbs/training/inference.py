@@ -25,7 +25,7 @@ def evaluate(*, model: Any, infer_eval_dataset_cfg: evaluation.EvalConfig,
   predictor, params = evaluation.load_predictor(model, checkpoint_path, cfg.batch_size,
                                                 mesh_config)
   step = evaluation.checkpoint_step(checkpoint_path)
-  res = evaluation.run_inference_eval(evaluation.make_evaluator(cfg), predictor, params,
+  res = evaluation.run_inference_eval(evaluation.make_evaluator(cfg, model=model), predictor, params,
                                       step, cfg.compute_scores)
   scalars = metrics_logging.flatten_eval_metrics(res, 'eval')
   logger = metrics_logging.MetricsLogger(output_dir, 0, progress_bar=False,
@@ -43,7 +43,7 @@ def infer(*, model: Any, dataset_cfg: evaluation.EvalConfig, checkpoint_path: st
   index, inputs, targets and prediction (decoded text)."""
   predictor, params = evaluation.load_predictor(model, checkpoint_path,
                                                 dataset_cfg.batch_size, mesh_config)
-  evaluator = evaluation.make_evaluator(dataset_cfg)
+  evaluator = evaluation.make_evaluator(dataset_cfg, model=model)
   predict = predictor.predict_fn(params)
   paths = []
   os.makedirs(output_dir, exist_ok=True)

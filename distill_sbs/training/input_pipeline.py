@@ -47,10 +47,20 @@ def import_task_module(module: Optional[str]) -> None:
     importlib.import_module(module)
 
 
+def converter_class(cls: Optional[Any], model: Any) -> Any:
+  """The converter class a run uses: `cls` (a method's binding, may be None)
+  through the model's `converter_for` when it has one (decoder-only models map
+  encoder-decoder converters to theirs), else `cls`, the model's
+  FEATURE_CONVERTER_CLS, or seqio's EncDec with first-fit packing."""
+  mapper = getattr(model, 'converter_for', None)
+  if mapper is not None:
+    return mapper(cls)
+  return (cls or getattr(model, 'FEATURE_CONVERTER_CLS', None)
+          or feature_converters.EncDecFeatureConverter)
+
+
 def feature_converter(cfg: DatasetConfig, model: Any) -> seqio.FeatureConverter:
-  cls = (cfg.feature_converter_cls or getattr(model, 'FEATURE_CONVERTER_CLS', None)
-         or feature_converters.EncDecFeatureConverter)
-  return cls(pack=cfg.pack)
+  return converter_class(cfg.feature_converter_cls, model)(pack=cfg.pack)
 
 
 def get_dataset(cfg: DatasetConfig, model: Any, *, num_epochs: Optional[int] = None,

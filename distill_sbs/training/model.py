@@ -149,10 +149,22 @@ class EncoderDecoderModel:
 
 def slot_efficiency(batch: Batch) -> dict[str, Array]:
   """Fractions of the batch's encoder and decoder slots that hold real tokens
-  (1.0: no padding); packing raises them."""
-  return {f'{side}_slot_efficiency': jnp.mean(batch[key] > 0).astype(jnp.float32)
-          for side, key in (('encoder', 'encoder_input_tokens'),
-                            ('decoder', 'decoder_target_tokens'))}
+  (1.0: no padding); packing raises them. Real = segment id > 0 where the batch
+  has segment ids (always for decoder-only rows, whose id 0 may be a real
+  token), else token > 0 (T5 vocabularies: 0 is padding). A side the batch
+  lacks (a decoder-only model has no encoder) is not reported."""
+  out = {}
+  for side, tokens in (('encoder', 'encoder_input_tokens'),
+                       ('decoder', 'decoder_target_tokens')):
+    segments = f'{side}_segment_ids'
+    if segments in batch:
+      real = batch[segments] > 0
+    elif tokens in batch:
+      real = batch[tokens] > 0
+    else:
+      continue
+    out[f'{side}_slot_efficiency'] = jnp.mean(real).astype(jnp.float32)
+  return out
 
 
 def token_accuracy_sums(logits: Array, batch: Batch) -> dict[str, Array]:

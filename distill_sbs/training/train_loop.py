@@ -30,9 +30,11 @@ from distill_sbs.training import trainer as trainer_lib
 
 
 def count_tokens(batch: Mapping[str, np.ndarray]) -> int:
-  """Non-padding encoder + decoder tokens in a (local) batch."""
+  """Non-padding encoder + decoder tokens in a (local) batch (by segment ids
+  where present: decoder-only rows, where id 0 may be a real token)."""
   n = 0
-  for k in ('encoder_input_tokens', 'decoder_target_tokens'):
+  for side, k in (('encoder', 'encoder_input_tokens'), ('decoder', 'decoder_target_tokens')):
+    k = f'{side}_segment_ids' if f'{side}_segment_ids' in batch else k
     if k in batch:
       n += int(np.sum(np.asarray(batch[k]) > 0))
   return n
@@ -165,7 +167,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     scalars: dict[str, float] = {}
     if infer_eval_dataset_cfg is not None:
       if evaluator is None:
-        evaluator = evaluation.make_evaluator(infer_eval_dataset_cfg)
+        evaluator = evaluation.make_evaluator(infer_eval_dataset_cfg, model=model)
         predictor = evaluation.Predictor(model, mesh, rules, trainer.state_shardings.params,
                                          infer_eval_dataset_cfg.batch_size)
       res = evaluation.run_inference_eval(evaluator, predictor, state.params, step,

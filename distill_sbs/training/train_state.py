@@ -32,7 +32,12 @@ def _init_fn(model, input_shapes: Mapping[str, tuple]):
 
 def state_shardings(model, input_shapes: Mapping[str, tuple], mesh: Mesh,
                     rules: partitioning.LogicalAxisRules) -> tuple[TrainState, TrainState]:
-  """(abstract state, state shardings) computed without allocating parameters."""
+  """(abstract state, state shardings) computed without allocating parameters.
+  A model with `validate_mesh(mesh, rules)` checks the mesh first (decoder-only:
+  heads against the model-parallel size)."""
+  validate = getattr(model, 'validate_mesh', None)
+  if validate is not None:
+    validate(mesh, rules)
   abstract, boxed = jax.eval_shape(_init_fn(model, input_shapes), jax.random.PRNGKey(0))
   param_sh = partitioning.logical_to_shardings(boxed, mesh, rules)
   opt_sh = partitioning.opt_state_shardings(model.optimizer_def, abstract.params, param_sh,
