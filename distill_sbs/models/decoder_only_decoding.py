@@ -43,9 +43,9 @@ def init_cache(config: DecoderOnlyConfig, params, batch: int, length: int):
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'sample',
-                                             'topk', 'topp'))
+                                             'topk', 'topp', 'record_topk'))
 def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_length,
-            sample, topk, topp):
+            sample, topk, topp, record_topk=0):
   model = DecoderOnlyTransformer(config)
   batch, prompt_len = prompts.shape
   cache = init_cache(config, params, batch, prompt_len + max_decode_length)
@@ -53,14 +53,19 @@ def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_le
   logits, cache = _apply(model, params, cache, prompts, positions)  # [b, P, vocab]
   last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
   eos = jnp.asarray(config.eos_ids, jnp.int32)
+  k = max(record_topk, 1)
 
   def cond(state):
     i, _, done = state[0], state[1], state[2]
     return (i < max_decode_length) & ~jnp.all(done)
 
   def body(state):
-    i, tokens, done, logp, cache, rng, logits = state
+    i, tokens, done, logp, cache, rng, logits, (top_ids, top_lps) = state
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))  # [b, vocab]
+    if record_topk:  # the model's own next-token top-k at generated position i
+      values, ids = jax.lax.top_k(log_probs, k)  # [b, k]
+      top_ids = top_ids.at[:, i].set(jnp.where(done[:, None], 0, ids.astype(jnp.int32)))
+      top_lps = top_lps.at[:, i].set(jnp.where(done[:, None], 0.0, values))
     nxt, rng = decoding.next_token(log_probs, rng, temperature, sample, topk, topp)
     step_logp = jnp.take_along_axis(log_probs, nxt[:, None], axis=-1)[:, 0]
     logp = logp + jnp.where(done, 0.0, step_logp)
@@ -68,13 +73,16 @@ def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_le
     tokens = tokens.at[:, i].set(nxt)
     done = done | jnp.isin(nxt, eos)
     logits, cache = _apply(model, params, cache, nxt[:, None], (lengths + i)[:, None])
-    return i + 1, tokens, done, logp, cache, rng, logits[:, 0]
+    return i + 1, tokens, done, logp, cache, rng, logits[:, 0], (top_ids, top_lps)
 
+  topk_state = (jnp.zeros((batch, max_decode_length, k), jnp.int32),  # [b, T, k]
+                jnp.zeros((batch, max_decode_length, k), jnp.float32))
   state = (jnp.array(0, jnp.int32),
            jnp.full((batch, max_decode_length), config.pad_id, jnp.int32),
-           jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32), cache, rng, last)
-  _, tokens, _, logp, _, _, _ = jax.lax.while_loop(cond, body, state)
-  return tokens, logp
+           jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32), cache, rng, last,
+           topk_state)
+  _, tokens, _, logp, _, _, _, topk_out = jax.lax.while_loop(cond, body, state)
+  return tokens, logp, topk_out
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'beams'))
@@ -128,7 +136,7 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
              method: str = 'greedy', temperature: float = 1.0, topk: int = 0,
              topp: float = 0.0, rng: Optional[Array] = None, seed: int = 0,
              num_beams: Optional[int] = None, alpha: Optional[float] = None,
-             return_all_beams: bool = False) -> tuple[Array, Array]:
+             return_all_beams: bool = False, return_topk: int = 0) -> tuple[Array, ...]:
   """Continues left-aligned prompts [batch, len] (`prompt_lengths` [batch],
   default the full length) by `max_decode_length` tokens.
 
@@ -137,6 +145,10 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
   own, temperature 1, up to and including EOS). method='beam' (`num_beams`,
   default 4; `alpha`, default 0.6, T5X's brevity penalty) returns the best
   beam, or all [batch, beams, ...] best first with `return_all_beams`.
+  `return_topk` (greedy / sample): also the model's top-k next-token ids
+  [batch, max_decode_length, k] int32 and log-probs (untempered log-softmax,
+  best first; 0 after the row ended) at each generated position, collected
+  while decoding: what `topk_scores` gives teacher-forced on the same tokens.
   """
   from distill_sbs.models.decoding import _unwrap  # pylint: disable=g-import-not-at-top
   prompts = jnp.asarray(prompt_tokens, jnp.int32)
@@ -150,6 +162,8 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
   if lengths.shape != (prompts.shape[0],):
     raise ValueError(f'prompt_lengths must be [batch], got {lengths.shape}')
   if method == 'beam':
+    if return_topk:
+      raise ValueError("return_topk needs method 'greedy' or 'sample'")
     seqs, logp = _beam_search(_unwrap(params), prompts, lengths,
                               jnp.float32(0.6 if alpha is None else alpha), config=config,
                               max_decode_length=int(max_decode_length),
@@ -160,9 +174,13 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
                      "'sample' or 'beam'")
   if rng is None:
     rng = jax.random.PRNGKey(seed)
-  return _decode(_unwrap(params), prompts, lengths, rng, jnp.float32(temperature),
-                 config=config, max_decode_length=int(max_decode_length),
-                 sample=method == 'sample', topk=int(topk), topp=float(topp))
+  tokens, logp, (top_ids, top_lps) = _decode(
+      _unwrap(params), prompts, lengths, rng, jnp.float32(temperature), config=config,
+      max_decode_length=int(max_decode_length), sample=method == 'sample', topk=int(topk),
+      topp=float(topp), record_topk=int(return_topk))
+  if return_topk:
+    return tokens, logp, top_ids, top_lps
+  return tokens, logp
 
 
 @functools.partial(jax.jit, static_argnames=('config',))

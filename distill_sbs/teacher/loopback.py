@@ -9,7 +9,8 @@ the client's timeout, or a malformed JSON body.
 Log-probs: by default pseudo tokens of 4 characters with fixed alternatives; a
 `LoopbackTokenizer` (e.g. a test's own tokenizer and model) answers with its
 tokens, their spellings (e.g. byte-level BPE 'Ġcat') and top-k alternatives,
-and (chat shape) their UTF-8 bytes.
+and (chat shape) their UTF-8 bytes. `LocalBackendResponder` serves a local
+teacher backend this way (its token ids as 'token_id:N', its top-k).
 
   with LoopbackServer(responder, latency_s=0.05) as server:
     client = OpenAI(base_url=server.base_url, api_key='x')
@@ -249,6 +250,61 @@ class LoopbackServer:
 
   def __exit__(self, *exc) -> None:
     self.stop()
+
+
+class LocalBackendResponder:
+  """Serves a local teacher (`local_t5.LocalT5Backend`: T5 or decoder-only) as an
+  OpenAI-compatible endpoint: `LoopbackServer(r, tokenizer=r)` with
+  `r = LocalBackendResponder(backend)`.
+
+  Each request runs `backend.generate_batch` on its prompt (`max_tokens`,
+  `temperature`, `top_p`, `seed`, `stop` from the body; one request at a time).
+  Log-probs are the backend's: its target ids (through EOS), each id's
+  teacher-forced log-prob (`backend.target_logprobs`) and the top-k it stored,
+  tokens spelled 'token_id:N' (vLLM's `return_tokens_as_token_ids`) so a client
+  reads the ids back exactly; a token's bytes are the vocabulary's decoding of
+  its id (None where that is empty, e.g. EOS).
+  """
+
+  def __init__(self, backend: Any, max_kept: int = 1024):
+    self.backend = backend
+    self.max_kept = max_kept
+    self._lock = threading.Lock()
+    self._requests = 0
+    self._completions: dict[tuple[str, str], Any] = {}  # (prompt, text) -> Completion
+
+  def __call__(self, prompt: str, body: dict) -> str:
+    from distill_sbs.teacher.base import SamplingConfig  # pylint: disable=g-import-not-at-top
+    from distill_sbs.teacher.prompts import Prompt  # pylint: disable=g-import-not-at-top
+    stop = body.get('stop') or ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    sampling = SamplingConfig(max_tokens=int(body.get('max_tokens') or 16),
+                              temperature=float(body.get('temperature') or 0.0),
+                              top_p=float(body.get('top_p') or 1.0), seed=body.get('seed'))
+    with self._lock:
+      (result,) = self.backend.generate_batch([Prompt(id='loopback', text=prompt)],
+                                              sampling, stop, batch_index=self._requests)
+      self._requests += 1
+      c = result.completions[0]
+      if len(self._completions) >= self.max_kept:
+        self._completions.pop(next(iter(self._completions)))
+      self._completions[(prompt, c.text)] = c
+    return c.text
+
+  def logprobs(self, prompt: str, text: str, k: int) -> TokenLogprobs:
+    with self._lock:
+      c = self._completions[(prompt, text)]
+      token_lps = self.backend.target_logprobs(prompt, c.target_ids)
+    spell = lambda i: f'token_id:{int(i)}'  # noqa: E731
+    return [(spell(t), float(lp), [(spell(a), float(alp)) for a, alp in
+                                   zip(c.topk_ids[j, :k], c.topk_logprobs[j, :k])])
+            for j, (t, lp) in enumerate(zip(c.target_ids, token_lps))]
+
+  def token_bytes(self, token: str) -> Optional[bytes]:
+    if not token.startswith('token_id:'):
+      return None
+    text = self.backend.decode([int(token[len('token_id:'):])])
+    return text.encode('utf-8') if text else None
 
 
 def serve_forever(responder: Responder, **kwargs: Any) -> None:
