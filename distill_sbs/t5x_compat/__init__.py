@@ -11,6 +11,10 @@ it through gin (`from distill_sbs import t5x_compat`).
   PairedFeatureConverter / TopKFeatureConverter
                             the project's converters behind T5X's
                             `FEATURE_CONVERTER_CLS(pack=..., use_custom_packing_ops=...)`
+  SbsDecoderOnlyModel / ProjectLossDecoderOnlyModel
+                            T5X `DecoderOnlyModel`s over `models.DecoderOnlyTransformer`
+                            (step-by-step; any project `LossFn`), with the
+                            DecoderOnly{,Paired,TopK}FeatureConverter rows
 """
 try:
   import t5x.models  # pylint: disable=unused-import
@@ -21,6 +25,11 @@ except ImportError as e:  # pragma: no cover - exercised by tests without T5X
       '(docs/t5x.md lists the verified commit and companion packages), or use the '
       "project's own trainer: `python -m distill_sbs.train`.") from e
 
+from distill_sbs.t5x_compat.decoder_only import ProjectLossDecoderOnlyModel
+from distill_sbs.t5x_compat.decoder_only import SbsDecoderOnlyModel
+from distill_sbs.t5x_compat.feature_converters import DecoderOnlyFeatureConverter
+from distill_sbs.t5x_compat.feature_converters import DecoderOnlyPairedFeatureConverter
+from distill_sbs.t5x_compat.feature_converters import DecoderOnlyTopKFeatureConverter
 from distill_sbs.t5x_compat.feature_converters import PairedFeatureConverter
 from distill_sbs.t5x_compat.feature_converters import TopKFeatureConverter
 from distill_sbs.t5x_compat.models import FirstEncoderDecoderModel
@@ -29,7 +38,8 @@ from distill_sbs.t5x_compat.models import SbsEncoderDecoderModel
 from distill_sbs.t5x_compat.variables import unbox_with_axes
 
 __all__ = [
-    'FirstEncoderDecoderModel', 'PairedFeatureConverter',
-    'ProjectLossEncoderDecoderModel', 'SbsEncoderDecoderModel', 'TopKFeatureConverter',
-    'unbox_with_axes',
+    'DecoderOnlyFeatureConverter', 'DecoderOnlyPairedFeatureConverter',
+    'DecoderOnlyTopKFeatureConverter', 'FirstEncoderDecoderModel', 'PairedFeatureConverter',
+    'ProjectLossDecoderOnlyModel', 'ProjectLossEncoderDecoderModel', 'SbsDecoderOnlyModel',
+    'SbsEncoderDecoderModel', 'TopKFeatureConverter', 'unbox_with_axes',
 ]

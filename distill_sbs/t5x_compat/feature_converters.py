@@ -10,9 +10,18 @@ T5X's names; both pack (T5X's default) or pad.
                           objective is the loss's (`losses.StepByStepLoss`).
   TopKFeatureConverter    + `decoder_topk_ids` / `decoder_topk_logprobs`
                           [batch, length, k] (FIRST).
+
+Decoder-only students (`t5x_compat.decoder_only`): the converters of
+`data.decoder_only_converters` (rows `inputs ++ targets`, not shifted; model
+length inputs + targets; segment ids always present):
+
+  DecoderOnlyFeatureConverter        label rows
+  DecoderOnlyPairedFeatureConverter  label + rationale rows, `decoder_task_ids`
+  DecoderOnlyTopKFeatureConverter    + the teacher's top-k on the target positions
 """
 from __future__ import annotations
 
+from distill_sbs.data import decoder_only_converters as data_decoder_only
 from distill_sbs.data import feature_converters as data_converters
 from distill_sbs.data import topk as data_topk
 
@@ -23,3 +32,15 @@ class PairedFeatureConverter(data_converters.PairedEncDecFeatureConverter):
 
 class TopKFeatureConverter(data_topk.TopKFeatureConverter):
   """`data.topk.TopKFeatureConverter` (T5X constructs it with T5X's arguments)."""
+
+
+class DecoderOnlyFeatureConverter(data_decoder_only.DecoderOnlyFeatureConverter):
+  """`data.decoder_only_converters.DecoderOnlyFeatureConverter` (T5X's arguments)."""
+
+
+class DecoderOnlyPairedFeatureConverter(data_decoder_only.DecoderOnlyPairedFeatureConverter):
+  """`data.decoder_only_converters.DecoderOnlyPairedFeatureConverter` (T5X's arguments)."""
+
+
+class DecoderOnlyTopKFeatureConverter(data_decoder_only.DecoderOnlyTopKFeatureConverter):
+  """`data.decoder_only_converters.DecoderOnlyTopKFeatureConverter` (T5X's arguments)."""

@@ -26,6 +26,9 @@ VARIANTS = {'standard_distill': ('standard_finetune', 'LABEL_LLM_TASK'),
             'sbs_gold': ('sbs_llm', 'PAIRED_GOLD_TASK')}
 T5X_RUNS = ('t5x/configs/runs/finetune.gin', 't5x/configs/runs/pretrain.gin')
 RUN_FILES = ('sbs_cqa_tiny',)  # experiment files; the rest are method files
+# Method files for decoder-only students (a model gin binding NETWORK first).
+DECODER_ONLY_METHODS = {'sbs_decoder_only': 'SbsDecoderOnlyModel'}
+DECODER_ONLY_MODELS = ('qwen3/tiny', 'llama/tiny', 'gemma3/tiny')
 
 _INCLUDE = re.compile(r"^include\s+'([^']+)'", re.M)
 
@@ -50,7 +53,8 @@ def _macros(files, bindings=()):
 
 def test_method_files_are_the_project_methods():
   names = {p.stem for p in T5X_DIR.glob('*.gin')}
-  assert names == {'common', 'from_project_checkpoint', *RUN_FILES, *METHOD_CLASS}
+  assert names == {'common', 'from_project_checkpoint', *RUN_FILES, *METHOD_CLASS,
+                   *DECODER_ONLY_METHODS}
   doc = (REPO / 'docs' / 't5x.md').read_text()
   for variant, (base, task) in VARIANTS.items():
     assert f'`{base}.gin` + `--gin.MIXTURE_OR_TASK_NAME=%{task}`' in doc, variant
@@ -115,6 +119,88 @@ def test_method_files_import_tasks_and_bind_t5x_compat_classes():
   for text in (sbs, (T5X_DIR / 'first.gin').read_text()):
     assert 'pack = False' not in text  # packed, as T5X's default
   assert "include 'gin/methods/first.gin'" in (T5X_DIR / 'first.gin').read_text()
+
+
+@pytest.mark.parametrize('ds', DATASETS)
+@pytest.mark.parametrize('model', DECODER_ONLY_MODELS)
+def test_sbs_decoder_only_composes_with_decoder_only_model_gins(model, ds):
+  path = T5X_DIR / 'sbs_decoder_only.gin'
+  m = _macros([f't5x_configs/models/{model}.gin', T5X_RUNS[0], str(path),
+               f'gin/datasets/{ds}.gin'])
+  assert m['MIXTURE_OR_TASK_NAME'] == f'sbs_{ds}_paired_llm'
+  assert m['INFER_EVAL_MIXTURE_OR_TASK_NAME'] == f'sbs_{ds}_predict_llm'
+  lengths = m['TASK_FEATURE_LENGTHS']
+  assert set(lengths) == {'inputs', 'targets'} and all(isinstance(v, int) and v > 0
+                                                       for v in lengths.values())
+  assert 'NETWORK' in m  # bound by the model gin, read by this file
+  text = path.read_text()
+  assert "include 't5x_configs/t5x/common.gin'" in text
+  for cls in DECODER_ONLY_METHODS.values():
+    assert f'MODEL = @t5x_compat.{cls}()' in text and cls in _compat_exports()
+  assert re.search(r'^t5x_compat\.SbsDecoderOnlyModel:\n(  .+\n)*  module = %NETWORK', text,
+                   re.M)
+  assert 'loss_fn = %LOSS_FN' in text and 'LOSS_FN = @losses.StepByStepLoss()' in text
+  assert 'FEATURE_CONVERTER = @t5x_compat.DecoderOnlyPairedFeatureConverter' in text
+
+
+def _load_decoder_only_batches():
+  """decoder_only_batches.py imports no T5X; load it by path (the package needs T5X)."""
+  spec = importlib.util.spec_from_file_location('_t5x_compat_decoder_only_batches',
+                                                COMPAT / 'decoder_only_batches.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_decoder_only_batches_masks_and_predictions():
+  """The T5X-free half of the decoder-only wrapper: masks from the loss weights
+  (id 0 is a real token), per-task token sums, and predictions = the project's
+  decoding of each row's prompt part, 0 after EOS, best decode last."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax.core import meta  # pylint: disable=g-import-not-at-top
+  from distill_sbs import models  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import decoder_only_model  # pylint: disable=g-import-not-at-top
+  batches = _load_decoder_only_batches()
+  # Rows `inputs ++ targets` cut (not shifted): two rows, targets at weights 1.
+  batch = {'decoder_input_tokens': np.array([[5, 0, 7, 9, 0, 0], [4, 6, 8, 3, 2, 0]]),
+           'decoder_target_tokens': np.array([[0, 7, 9, 1, 0, 0], [6, 8, 3, 2, 1, 0]]),
+           'decoder_loss_weights': np.array([[0, 1, 1, 1, 0, 0], [0, 0, 1, 1, 1, 0]]),
+           'decoder_segment_ids': np.array([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]]),
+           'decoder_task_ids': np.array([[0, 0, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0]])}
+  mask = np.asarray(batches.loss_mask(batch))
+  np.testing.assert_array_equal(mask, batch['decoder_loss_weights'] > 0)
+  assert mask[0, 1]  # target id 0 at a weighted position is a real token
+  np.testing.assert_array_equal(batches.metric_segment_ids(batch)['decoder'],
+                                batch['decoder_segment_ids'])
+  sums = batches.task_token_means(jnp.ones((2, 6)), batch)
+  assert [int(sums[k][1]) for k in ('label_loss', 'rationale_loss')] == [3, 3]
+  with pytest.raises(KeyError, match='decoder_loss_weights'):
+    batches.loss_mask({'decoder_target_tokens': batch['decoder_target_tokens']})
+  cfg = models.DecoderOnlyConfig(model_type='qwen3', vocab_size=16, emb_dim=16, num_heads=2,
+                                 num_kv_heads=1, num_layers=1, head_dim=8, mlp_dim=32,
+                                 qk_norm=True, eos_ids=(1,))
+  x = jnp.ones((1, 4), jnp.int32)
+  params = meta.unbox(models.DecoderOnlyTransformer(cfg).init(
+      jax.random.PRNGKey(0), x, enable_dropout=False)['params'])
+  params = jax.tree.map(lambda a: a * 4.0, params)
+  tokens, aux = batches.predict(cfg, params, batch, max_decode_length=5)
+  prompts, lengths = decoder_only_model.prompt_from_batch(batch)
+  np.testing.assert_array_equal(lengths, [2, 3])
+  want, want_lp = models.generate(cfg.replace(eos_ids=(10 ** 6,)), params, prompts,
+                                  max_decode_length=5, prompt_lengths=lengths)
+  want = np.asarray(want)
+  for r in range(2):  # equal up to the first EOS, 0 after it
+    row, end = np.asarray(tokens[r]), np.nonzero(want[r] == 1)[0]
+    n = end[0] + 1 if end.size else 5
+    np.testing.assert_array_equal(row[:n], want[r, :n])
+    assert (row[n:] == 0).all()
+  assert aux['scores'].shape == (2,)
+  all_tokens, all_aux = batches.predict(cfg, params, batch, method='beam', num_decodes=3,
+                                        max_decode_length=5, return_all_decodes=True)
+  assert all_tokens.shape == (2, 3, 5) and all_aux['scores'].shape == (2, 3)
+  assert (np.diff(np.asarray(all_aux['scores']), axis=1) >= -1e-6).all()  # best last
 
 
 def test_named_tasks_are_registered():
