@@ -22,8 +22,9 @@ has `bos_id`; no EOS), left-aligned in the rows with `prompt_lengths`
 (`decoder_only_decoding.generate`); EOS and padding are the config's
 (`eos_ids`, `eos_ids[0]` appended to targets; `pad_id`), never the T5 constants
 below: id 0 is a real token of those vocabularies, so only an EOS ends a
-generation. `vocabulary` (a `seqio.Vocabulary` of the teacher's tokenizer) is
-required unless the checkpoint directory holds a SentencePiece `spiece.model`.
+generation. The vocabulary is the checkpoint directory's (`spiece.model`, else
+its `tokenizer.json` as `data.hf_vocab.HfTokenizerVocabulary`) unless
+`vocabulary` (a `seqio.Vocabulary`) is given; a decoder-only teacher has no default.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from distill_sbs import models
+from distill_sbs.data import hf_vocab
 from distill_sbs.data import vocab as vocab_lib
 from distill_sbs.models import decoder_only_decoding
 from distill_sbs.teacher.base import Completion, GenerationResult, SamplingConfig
@@ -69,6 +71,15 @@ def load_teacher(checkpoint: str, model_config: Optional[TeacherConfig] = None
   return model_config, checkpoint_formats.read_params(path)
 
 
+def _checkpoint_vocabulary(path: str) -> Any:
+  """The checkpoint directory's SentencePiece model (T5), else its Hugging Face
+  `tokenizer.json` (decoder-only), else None."""
+  vocabulary = models.load_vocabulary(path)
+  if vocabulary is None and os.path.isfile(os.path.join(path, hf_vocab.TOKENIZER_FILE)):
+    vocabulary = hf_vocab.HfTokenizerVocabulary(path)
+  return vocabulary
+
+
 @gin.configurable(module='distill_sbs.teacher')
 class LocalT5Backend:
   """`TeacherBackend` running a T5 encoder-decoder or a decoder-only LM (chosen by
@@ -88,11 +99,12 @@ class LocalT5Backend:
                        f'max_input_length={max_input_length} must be positive')
     if checkpoint is not None:
       config, params = load_teacher(checkpoint, model_config)
-      vocabulary = vocabulary or models.load_vocabulary(os.path.expanduser(checkpoint))
+      vocabulary = vocabulary or _checkpoint_vocabulary(os.path.expanduser(checkpoint))
     self.decoder_only = isinstance(config, models.DecoderOnlyConfig)
     if vocabulary is None and self.decoder_only:
       raise ValueError('LocalT5Backend: a decoder-only teacher needs vocabulary= (a '
-                       "seqio.Vocabulary of the teacher's tokenizer)")
+                       "seqio.Vocabulary of the teacher's tokenizer) or a checkpoint "
+                       'directory with tokenizer.json')
     if vocabulary is None:
       vocabulary = vocab_lib.get_vocabulary(spm_path) if spm_path else vocab_lib.get_vocabulary()
     if vocabulary.vocab_size > config.vocab_size:

@@ -123,6 +123,25 @@ def test_eos_of_the_config_stops_and_cut_targets_are_teacher_forced(backend, par
   np.testing.assert_array_equal(backend._target(row)[0], [5, 0, 7])  # pylint: disable=protected-access
 
 
+def test_run_writes_topk_records(backend, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from distill_sbs.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  rows = tmp_path / 'in.jsonl'
+  rows.write_text(''.join(json.dumps({'id': f's{i}', 'input': f'Sam has {i} pens.\nHow many?',
+                                      'label': f'( {i}.0 )'}) + '\n' for i in range(3)))
+  config = generation.GenerationConfig(out_dir=str(tmp_path / 'out'), dataset='svamp',
+                                       input_jsonl=str(rows), progress=False)
+  manifest = generation.run(config, backend, base.SamplingConfig(max_tokens=MAX_TOKENS))
+  records = list(schema.read_records(str(tmp_path / 'out' / 'train.tfrecord-*')))
+  assert [r['id'] for r in records] == ['s0', 's1', 's2']
+  for r in records:
+    ids, _ = schema.decode_topk(r)
+    assert ids.shape == (len(r['teacher_target_ids']), K)
+    assert r['teacher_target_ids'][-1] == CONFIG.eos_id
+    assert r['teacher_vocab_hash'] == vocab_lib.vocab_hash(VOCAB)
+  assert manifest['backend']['architecture'] == 'decoder_only'
+
+
 def test_bos_and_truncation(params):
   b = _backend(params, config=CONFIG.replace(bos_id=2), max_input_length=16)
   ids = b.encode_prompt('x' * 40)
@@ -144,6 +163,35 @@ def test_hf_checkpoint_directory(backend, params, tmp_path):
   np.testing.assert_array_equal(a.completions[0].target_ids, b.completions[0].target_ids)
   np.testing.assert_allclose(a.completions[0].topk_logprobs, b.completions[0].topk_logprobs,
                              atol=1e-5)
+
+
+def test_hf_directory_with_tokenizer_json(tmp_path):
+  """A Qwen3 directory with a byte-level BPE `tokenizer.json` (id 0 is '!', a
+  real token; EOS and pad are special ids at the end): its vocabulary is read
+  from the directory, prompts keep id 0, EOS / pad are the config's."""
+  from tests.data.test_hf_vocab import TEXTS, _train  # pylint: disable=g-import-not-at-top
+  from distill_sbs.data import hf_vocab  # pylint: disable=g-import-not-at-top
+  tok = _train(TEXTS)
+  eos, pad = tok.token_to_id('<|endoftext|>'), tok.token_to_id('<pad>')
+  cfg = CONFIG.replace(vocab_size=320, eos_ids=(eos,), pad_id=pad)
+  x = jnp.ones((1, 8), jnp.int32)
+  p = meta.unbox(models.DecoderOnlyTransformer(cfg).init(
+      jax.random.PRNGKey(1), x, enable_dropout=False)['params'])
+  p = jax.tree.map(lambda a: a * 3.0, p)
+  models.save_hf_checkpoint(tmp_path, cfg, p)
+  tok.save(str(tmp_path / 'tokenizer.json'))
+  b = local_t5.LocalT5Backend(str(tmp_path), batch_size=4, k=K, max_input_length=64)
+  assert isinstance(b.vocabulary, hf_vocab.HfTokenizerVocabulary)
+  assert (b.eos_ids, b.pad_id) == ((eos,), pad)
+  text = 'Hi! the answer is yes!'
+  ids = b.encode_prompt(text)
+  assert 0 in ids and ids == list(b.vocabulary.encode(text)) and eos not in ids
+  (r,) = b.generate_batch([Prompt(id='h', text=text)], base.SamplingConfig(max_tokens=6))
+  c = r.completions[0]
+  assert c.target_ids[-1] == eos and eos not in c.target_ids[:-1]
+  forced_ids, forced_lps = _forced_topk(cfg, b.params, ids, c.target_ids)
+  np.testing.assert_array_equal(c.topk_ids, forced_ids)
+  np.testing.assert_allclose(c.topk_logprobs, forced_lps, atol=2e-4)
 
 
 def test_model_parallel_matches_data_parallel(backend, params):
