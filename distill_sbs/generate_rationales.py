@@ -8,6 +8,9 @@ r"""Generate teacher rationales into training-ready TFRecords.
   python -m distill_sbs.generate_rationales --dataset=svamp --split=train \
     --backend=local --checkpoint=/path/to/flan_t5_hf_dir --out_dir=DIR
 
+`--backend=local` also takes a decoder-only HF directory (llama / qwen2 / qwen3 /
+gemma3_text; its `tokenizer.json` is the teacher vocabulary).
+
 Inputs: the prepared records of `--dataset/--split` under `--data_dir`, or a
 JSON-lines file (`--input_jsonl`, one object per line with `inputs` or the raw
 row fields, optional `id` and `label`). Output in `--out_dir`:
@@ -81,7 +84,8 @@ flags.DEFINE_enum('carry_mismatch', None, ['zero', 'uld'],
 flags.DEFINE_integer('carry_k', None, 'Top-k rows stored per student token (default 5).')
 flags.DEFINE_string('student_spm_path', None, 'Student SentencePiece model for the carry '
                     '(default: the project vocabulary).')
-flags.DEFINE_string('checkpoint', None, 'Local teacher: HF directory or our checkpoint dir.')
+flags.DEFINE_string('checkpoint', None, 'Local teacher: HF directory (T5 or decoder-only) '
+                    'or our checkpoint dir.')
 flags.DEFINE_integer('batch_size', 16, 'Local teacher batch size.')
 flags.DEFINE_integer('topk', 5, 'Local teacher: top-k stored per target token.')
 flags.DEFINE_integer('max_input_length', 1024, 'Local teacher: prompt tokens (left-truncated).')
