@@ -8,7 +8,8 @@ paper's data) into a temporary directory, then, on the paired step-by-step
 task `sbs_{ds}_paired_llm`:
 
 1. slot efficiency (fraction of encoder / decoder slots holding real tokens)
-   over the training split, for the layout before packing (each row padded,
+   over the first `--packed_rows` rows of the training stream as the trainer
+   reads it (shuffled, repeated), for the layout before packing (each row padded,
    the old lengths 320/256, CQA's `gin/sbs/cqa_tiny.gin` until this change)
    and for the packed rows at the dataset part's lengths (gin/datasets/*.gin);
 2. training throughput of a T5 v1.1 tiny student at equal batch rows (16):
@@ -56,22 +57,24 @@ def _gin_lengths(ds: str) -> tuple[int, int]:
   return m['TASK_FEATURE_LENGTHS']['inputs'], m['TASK_FEATURE_LENGTHS']['targets']
 
 
-def _rows(ds: str, lengths, pack: bool, limit=None):
+def _rows(ds: str, lengths, pack: bool, limit: int):
+  """The first `limit` rows of the training stream as the trainer reads it
+  (shuffled, repeated: packing in steady state, no end-of-data rows)."""
   import seqio  # pylint: disable=g-import-not-at-top
   from distill_sbs.data import feature_converters  # pylint: disable=g-import-not-at-top
   d = seqio.get_dataset(f'sbs_{ds}_paired_llm',
                         task_feature_lengths={'inputs': lengths[0], 'targets': lengths[1]},
-                        dataset_split='train', shuffle=False,
+                        dataset_split='train', shuffle=True, seed=0, num_epochs=None,
                         feature_converter=feature_converters.PairedEncDecFeatureConverter(
                             pack=pack))
   return list(itertools.islice(d.as_numpy_iterator(), limit))
 
 
-def efficiency(ds: str) -> dict:
+def efficiency(ds: str, num_rows: int = 1500) -> dict:
   out = {'dataset': ds}
   for name, lengths, pack in (('padded', OLD_LENGTHS[ds], False),
                               ('packed', _gin_lengths(ds), True)):
-    rows = _rows(ds, lengths, pack)
+    rows = _rows(ds, lengths, pack, num_rows)
     enc = np.stack([r['encoder_input_tokens'] for r in rows])
     dec = np.stack([r['decoder_target_tokens'] for r in rows])
     out[name] = {'lengths': list(lengths), 'rows': len(rows),
@@ -129,6 +132,8 @@ def main(argv=None) -> int:
   p.add_argument('--datasets', default='cqa,svamp,esnli,anli1')
   p.add_argument('--rows', type=int, default=2000)
   p.add_argument('--steps', type=int, default=12)
+  p.add_argument('--packed_rows', type=int, default=1500,
+                 help='rows of the training stream whose slots are counted')
   p.add_argument('--throughput', default='cqa,esnli', help='datasets to time ("" none)')
   p.add_argument('--packed_lengths', default='',
                  help='inputs,targets of the packed rows instead of the gin files\'')
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
   import distill_sbs.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   results = []
   for ds in datasets:
-    e = efficiency(ds)
+    e = efficiency(ds, args.packed_rows)
     results.append(e)
     print(f"{ds:6s} slots enc/dec: padded {e['padded']['encoder_slot_efficiency']:.3f}/"
           f"{e['padded']['decoder_slot_efficiency']:.3f} at {e['padded']['lengths']}, "

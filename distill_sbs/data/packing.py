@@ -4,16 +4,16 @@ greedy packing.
 seqio's `trim_and_pack_dataset` closes a row as soon as the next example does
 not fit in it, so on the step-by-step tasks (a short label row, then a long
 rationale row, every feature bounded) rows end 70-80% full. `pack_dataset`
-keeps `num_bins` rows open and puts each example into the first open row where
-every feature fits; when none does, the fullest open row is emitted and a new
-one started. Output features are seqio's (`{key}`, `{key}_segment_ids`,
+keeps `num_bins` rows open and puts each example into the open row it leaves
+fullest among those where every feature fits (best fit); when none does, the
+fullest open row is emitted and a new one started. Output features are seqio's (`{key}`, `{key}_segment_ids`,
 `{key}_positions`, zero-padded to the packed length), so the feature
 converters' `_convert_example` is unchanged:
 
   examples  a: inputs [3 tokens] targets [2]    b: inputs [6] targets [5]
             c: inputs [2] targets [1]           (lengths inputs 8, targets 6)
   in order  row 1: a        row 2: b, c?  (c's targets fit, its inputs do not: row 3)
-  first-fit row 1: a, c (inputs 5/8, targets 3/6)   row 2: b
+  best-fit  row 1: a, c (inputs 5/8, targets 3/6)   row 2: b
 
 Examples are trimmed to the lengths first, as seqio does; the order of
 examples inside a row, and of rows, is deterministic given the input order.
@@ -25,30 +25,20 @@ from typing import Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
-DEFAULT_NUM_BINS = 64
+# Open rows: 1024 fill every side of the step-by-step tasks of all four datasets
+# to >= 90% in steady state (64 give 86-89%, 512 90-93%; benchmarks/packing.py).
+DEFAULT_NUM_BINS = 1024
 
 
 class _Row:
-  """One open packed row: the pieces of each feature, and the space used."""
+  """One open packed row: the pieces of each feature."""
 
   def __init__(self, keys):
     self.pieces = {k: [] for k in keys}
-    self.used = dict.fromkeys(keys, 0)
-
-  def fits(self, ex: Mapping[str, np.ndarray], lengths: Mapping[str, int]) -> bool:
-    return all(self.used[k] + len(ex[k]) <= lengths[k] for k in lengths)
 
   def add(self, ex: Mapping[str, np.ndarray]) -> None:
     for k in self.pieces:
       self.pieces[k].append(ex[k])
-      self.used[k] += len(ex[k])
-
-  def tightness(self, ex: Mapping[str, np.ndarray], lengths: Mapping[str, int]) -> float:
-    """How full the row's fullest feature would be with `ex` added."""
-    return max((self.used[k] + len(ex[k])) / lengths[k] for k in lengths)
-
-  def fill(self, lengths: Mapping[str, int]) -> float:
-    return sum(self.used[k] / lengths[k] for k in lengths)
 
   def emit(self, lengths: Mapping[str, int], dtypes: Mapping[str, np.dtype]
            ) -> dict[str, np.ndarray]:
@@ -71,21 +61,30 @@ class _Row:
 def pack_examples(examples: Iterator[Mapping[str, np.ndarray]],
                   lengths: Mapping[str, int], dtypes: Mapping[str, np.dtype],
                   num_bins: int = DEFAULT_NUM_BINS) -> Iterator[dict[str, np.ndarray]]:
-  """First-fit packing of trimmed examples into rows (see module docstring)."""
-  open_rows: list[_Row] = []
+  """Best-fit packing of trimmed examples into rows (see module docstring)."""
+  keys = list(lengths)
+  cap = np.array([lengths[k] for k in keys], np.float64)  # [features]
+  rows: list[_Row] = []
+  used = np.zeros((0, len(keys)), np.float64)  # [open rows, features] tokens used
   for ex in examples:
     ex = {k: np.asarray(ex[k])[:n] for k, n in lengths.items()}
-    fitting = [r for r in open_rows if r.fits(ex, lengths)]
-    # Best fit: the open row this example leaves fullest (its tightest feature).
-    row = max(fitting, key=lambda r: r.tightness(ex, lengths), default=None)
-    if row is None:
-      if len(open_rows) >= num_bins:
-        fullest = max(range(len(open_rows)), key=lambda i: open_rows[i].fill(lengths))
-        yield open_rows.pop(fullest).emit(lengths, dtypes)
-      row = _Row(lengths)
-      open_rows.append(row)
-    row.add(ex)
-  for row in open_rows:
+    size = np.array([len(ex[k]) for k in keys], np.float64)
+    after = (used + size) / cap  # [open rows, features] fill with ex added
+    fits = np.all(after <= 1.0, axis=1)
+    if fits.any():
+      # Best fit: the open row this example leaves fullest (its tightest feature).
+      i = int(np.argmax(np.where(fits, after.max(axis=1), -1.0)))
+    else:
+      if len(rows) >= num_bins:
+        fullest = int(np.argmax((used / cap).sum(axis=1)))
+        yield rows.pop(fullest).emit(lengths, dtypes)
+        used = np.delete(used, fullest, axis=0)
+      rows.append(_Row(keys))
+      used = np.concatenate([used, np.zeros((1, len(keys)))])
+      i = len(rows) - 1
+    rows[i].add(ex)
+    used[i] += size
+  for row in rows:
     yield row.emit(lengths, dtypes)
 
 
