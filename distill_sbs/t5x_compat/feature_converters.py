@@ -21,6 +21,8 @@ length inputs + targets; segment ids always present):
 """
 from __future__ import annotations
 
+import tensorflow as tf
+
 from distill_sbs.data import decoder_only_converters as data_decoder_only
 from distill_sbs.data import feature_converters as data_converters
 from distill_sbs.data import topk as data_topk
@@ -34,13 +36,30 @@ class TopKFeatureConverter(data_topk.TopKFeatureConverter):
   """`data.topk.TopKFeatureConverter` (T5X constructs it with T5X's arguments)."""
 
 
-class DecoderOnlyFeatureConverter(data_decoder_only.DecoderOnlyFeatureConverter):
+class _OneRowPerExample:
+  """T5X's inference evaluation reads `len(ds)`: unpacked label rows (one per
+  example) keep the input dataset's cardinality, which the data layer's
+  filter / flat_map leave unknown."""
+
+  def __call__(self, ds, task_feature_lengths):
+    out = super().__call__(ds, task_feature_lengths)
+    n = int(ds.cardinality())
+    paired = any(f in ds.element_spec for f in data_decoder_only.RATIONALE_FEATURES)
+    if not self.pack and not paired and n >= 0:
+      out = out.apply(tf.data.experimental.assert_cardinality(n))
+    return out
+
+
+class DecoderOnlyFeatureConverter(_OneRowPerExample,
+                                  data_decoder_only.DecoderOnlyFeatureConverter):
   """`data.decoder_only_converters.DecoderOnlyFeatureConverter` (T5X's arguments)."""
 
 
-class DecoderOnlyPairedFeatureConverter(data_decoder_only.DecoderOnlyPairedFeatureConverter):
+class DecoderOnlyPairedFeatureConverter(_OneRowPerExample,
+                                        data_decoder_only.DecoderOnlyPairedFeatureConverter):
   """`data.decoder_only_converters.DecoderOnlyPairedFeatureConverter` (T5X's arguments)."""
 
 
-class DecoderOnlyTopKFeatureConverter(data_decoder_only.DecoderOnlyTopKFeatureConverter):
+class DecoderOnlyTopKFeatureConverter(_OneRowPerExample,
+                                      data_decoder_only.DecoderOnlyTopKFeatureConverter):
   """`data.decoder_only_converters.DecoderOnlyTopKFeatureConverter` (T5X's arguments)."""

@@ -16,6 +16,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import flax.core  # noqa: E402
+from flax import traverse_util  # noqa: E402
 from flax.core import meta  # noqa: E402
 from t5x import adafactor  # noqa: E402
 from t5x import train_state as t5x_train_state  # noqa: E402
@@ -97,8 +99,10 @@ def test_initial_variables_have_t5x_axes_and_train_state():
   assert state.step == 0
   plain = meta.unbox(models.DecoderOnlyTransformer(CFG).init(
       jax.random.PRNGKey(0), jnp.ones((4, 18), jnp.int32), enable_dropout=False)['params'])
-  assert jax.tree.structure(plain) == jax.tree.structure(
-      jax.tree.map(np.asarray, dict(variables['params'])))
+  ours = traverse_util.flatten_dict(flax.core.unfreeze(variables['params']))
+  assert set(ours) == set(traverse_util.flatten_dict(plain))
+  axes = traverse_util.flatten_dict(flax.core.unfreeze(variables['params_axes']))
+  assert tuple(axes[('decoder', 'token_embedder', 'embedding_axes')].names) == ('vocab', 'embed')
 
 
 def test_predict_and_score_use_the_prompt_part():

@@ -53,35 +53,55 @@ def t5x_gin(monkeypatch):
   gin.clear_config()
 
 
-def test_every_run_file_builds_its_t5x_model(t5x_gin, tmp_path, monkeypatch):
+_T5_TINY = 't5x_configs/models/t5_1_1/tiny.gin'
+_FINETUNE, _PRETRAIN = 't5x/configs/runs/finetune.gin', 't5x/configs/runs/pretrain.gin'
+# (gin files of a composition, T5X model class, network module)
+COMPOSITIONS = [
+    (['t5x_configs/t5x/sbs_cqa_tiny.gin'], 'SbsEncoderDecoderModel', 'network'),
+    ([_T5_TINY, _FINETUNE, 't5x_configs/t5x/standard_finetune.gin', 'gin/datasets/cqa.gin'],
+     'ProjectLossEncoderDecoderModel', 'network'),
+    ([_T5_TINY, _FINETUNE, 't5x_configs/t5x/sbs_llm.gin', 'gin/datasets/svamp.gin'],
+     'SbsEncoderDecoderModel', 'network'),
+    ([_T5_TINY, _FINETUNE, 't5x_configs/t5x/first.gin', 'gin/datasets/esnli.gin'],
+     'FirstEncoderDecoderModel', 'network'),
+    ([_T5_TINY, _PRETRAIN, 't5x_configs/t5x/ul2r.gin', 'gin/datasets/anli1.gin'],
+     'ProjectLossEncoderDecoderModel', 'network'),
+    *[([f't5x_configs/models/{m}/tiny.gin', _FINETUNE, 't5x_configs/t5x/sbs_decoder_only.gin',
+        'gin/datasets/cqa.gin'], 'SbsDecoderOnlyModel', 'decoder_only')
+      for m in ('qwen3', 'llama', 'gemma3')],
+]
+
+
+def test_every_method_composition_builds_its_t5x_model(t5x_gin, tmp_path, monkeypatch):
   monkeypatch.setenv('DISTILL_SBS_DATA_DIR', str(tmp_path))  # no calibrated manifests
   import seqio  # pylint: disable=g-import-not-at-top
   from distill_sbs import t5x_compat  # pylint: disable=g-import-not-at-top
-  kinds = {'sbs': t5x_compat.SbsEncoderDecoderModel,
-           'first': t5x_compat.FirstEncoderDecoderModel}
-  files = sorted(p for p in (REPO / 't5x_configs' / 't5x').glob('*_*.gin')
-                 if p.stem != 'from_project_checkpoint')
-  assert len(files) == 47
-  for path in files:
+  converters = {'SbsEncoderDecoderModel': t5x_compat.PairedFeatureConverter,
+                'FirstEncoderDecoderModel': t5x_compat.TopKFeatureConverter,
+                'ProjectLossEncoderDecoderModel': seqio.EncDecFeatureConverter,
+                'SbsDecoderOnlyModel': t5x_compat.DecoderOnlyPairedFeatureConverter}
+  method_files = {p.stem for p in (REPO / 't5x_configs' / 't5x').glob('*.gin')} - {
+      'common', 'from_project_checkpoint', 'sbs_cqa_tiny'}
+  assert method_files == {pathlib.Path(f[2]).stem for f, _, _ in COMPOSITIONS[1:]}
+  for files, cls, network in COMPOSITIONS:
     t5x_gin.clear_config()
     t5x_gin.parse_config_files_and_bindings(
-        [str(path.relative_to(REPO))],
-        ["MODEL_DIR = '/tmp/unused'", 'ALPHA = 0.3',
-         'distill_sbs.data.topk.teacher_temperature.default = 1.7'],
+        files, ["MODEL_DIR = '/tmp/unused'", 'ALPHA = 0.3',
+                'distill_sbs.data.topk.teacher_temperature.default = 1.7'],
         finalize_config=False)
     model = t5x_gin.query_parameter('%MODEL').scoped_configurable_fn()
-    kind = path.stem.split('_')[0]
-    assert type(model) is kinds.get(kind, t5x_compat.ProjectLossEncoderDecoderModel), path
-    assert type(model.module).__module__ == 'distill_sbs.models.network'
-    seqio.get_mixture_or_task(t5x_gin.query_parameter('%MIXTURE_OR_TASK_NAME'))
+    assert type(model) is getattr(t5x_compat, cls), files
+    assert type(model.module).__module__ == f'distill_sbs.models.{network}', files
+    task = t5x_gin.query_parameter('%MIXTURE_OR_TASK_NAME')
+    while hasattr(task, 'scoped_configurable_fn'):  # a macro naming a macro
+      task = task.scoped_configurable_fn()
+    seqio.get_mixture_or_task(task)
     conv = model.FEATURE_CONVERTER_CLS(pack=False, use_custom_packing_ops=False)
-    if kind == 'sbs':
+    assert type(conv) is converters[cls], files
+    if cls.startswith('Sbs'):
       assert model.project_loss_fn.alpha == 0.3
-    elif kind == 'first':
-      assert isinstance(conv, t5x_compat.TopKFeatureConverter)
+    elif cls.startswith('First'):
       assert model.project_loss_fn.teacher_temperature == 1.7
-    else:
-      assert type(conv) is seqio.EncDecFeatureConverter
 
 
 def test_t5x_train_sbs_cqa_tiny(tmp_path, raw_dir):
@@ -122,3 +142,38 @@ def test_t5x_train_sbs_cqa_tiny(tmp_path, raw_dir):
   assert len(fa) == len(fb) > 40
   for path, value in fa:
     np.testing.assert_array_equal(value, fb[path])
+
+
+def test_t5x_train_sbs_decoder_only_qwen3_tiny(tmp_path, raw_dir):
+  """`python -m t5x.train` with a decoder-only student: the step-by-step loss
+  falls; inference evaluation runs the project's decoding under T5X."""
+  _require_t5x_configs()
+  env = dict(os.environ, DISTILL_SBS_DATA_DIR=str(tmp_path / 'data'),
+             CUDA_VISIBLE_DEVICES='', XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  subprocess.run([sys.executable, '-m', 'distill_sbs.data.prepare', '--raw_dir',
+                  str(raw_dir), '--datasets', 'cqa', '--max_rows', '80'],
+                 check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+  model_dir = tmp_path / 'model'
+  cmd = [sys.executable, '-m', 't5x.train',
+         f'--gin_search_paths={T5X_ROOT},{REPO}',
+         '--gin_file=t5x_configs/models/qwen3/tiny.gin',
+         '--gin_file=t5x/configs/runs/finetune.gin',
+         '--gin_file=t5x_configs/t5x/sbs_decoder_only.gin',
+         '--gin_file=gin/datasets/cqa.gin',
+         f"--gin.MODEL_DIR='{model_dir}'", '--gin.INITIAL_CHECKPOINT_PATH=None',
+         '--gin.TRAIN_STEPS=30', '--gin.BATCH_SIZE=8', '--gin.LEARNING_RATE=0.01',
+         "--gin.TASK_FEATURE_LENGTHS={'inputs': 192, 'targets': 128}",
+         '--gin.EVAL_PERIOD=10', '--gin.utils.SaveCheckpointConfig.period=30',
+         '--gin.EVAL_STEPS=1', '--gin.EVALUATOR_NUM_EXAMPLES=4',
+         '--gin.t5x_compat.SbsDecoderOnlyModel.max_decode_length=8']
+  res = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=900)
+  assert res.returncode == 0, res.stderr[-4000:]
+  assert (model_dir / 'checkpoint_30' / 'state').is_dir()
+  losses = _train_losses(model_dir)
+  assert [s for s, _ in losses] == [10, 20, 30], losses
+  assert all(np.isfinite(l) for _, l in losses)
+  assert losses[-1][1] < losses[0][1] - 0.3, losses
+  config = (model_dir / 'config.gin').read_text()
+  assert 'MODEL = @t5x_compat.SbsDecoderOnlyModel()' in config
+  assert list((model_dir / 'inference_eval').glob('*.jsonl')), 'no inference evaluation'
