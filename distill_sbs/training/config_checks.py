@@ -251,15 +251,33 @@ HF_FIELDS = ('num_encoder_layers', 'num_decoder_layers', 'num_heads', 'head_dim'
              'relative_attention_num_buckets', 'relative_attention_max_distance')
 
 
+# The shape fields of a decoder-only model gin (`DecoderOnlyConfig`) that its
+# Hugging Face config.json must match.
+DECODER_ONLY_HF_FIELDS = ('model_type', 'vocab_size', 'emb_dim', 'num_heads', 'num_kv_heads',
+                          'num_layers', 'head_dim', 'mlp_dim', 'mlp_activation', 'qk_norm',
+                          'norm_plus_one', 'post_norms', 'qkv_bias', 'out_bias',
+                          'logits_via_embedding', 'layer_types', 'sliding_window')
+
+
 def check_hf_config(path: str, config: Any) -> None:
   """Raises `ConfigError` listing every field where `path`'s config.json and
-  the model gin's `T5Config` differ (a tied HF head loads into an untied gin)."""
+  the model gin's `T5Config` (or `DecoderOnlyConfig`) differ (a tied HF head
+  loads into an untied gin)."""
   cfg_path = os.path.join(path, 'config.json')
   if not os.path.isfile(cfg_path):
     return
   from distill_sbs.models import hf_io  # pylint: disable=g-import-not-at-top
   with open(cfg_path, encoding='utf-8') as f:
     hf_cfg = json.load(f)
+  if hasattr(config, 'num_kv_heads'):  # a decoder-only model gin
+    from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
+    hf = decoder_only_hf.config_from_hf(hf_cfg, cfg_path)
+    diffs = [f'{f}: {getattr(hf, f)!r} in config.json, {getattr(config, f)!r} in the model gin'
+             for f in DECODER_ONLY_HF_FIELDS if getattr(hf, f) != getattr(config, f)]
+    if diffs:
+      raise ConfigError(f'{cfg_path} does not match the model gin (DecoderOnlyConfig):\n  '
+                        + '\n  '.join(diffs))
+    return
   hf = hf_io.config_from_hf(hf_cfg, cfg_path)
   diffs = []
   for field in HF_FIELDS:
@@ -279,18 +297,21 @@ def check_hf_config(path: str, config: Any) -> None:
 
 # ------------------------------------------------------------ resume config
 SHAPE_FIELDS = HF_FIELDS + ('logits_via_embedding',)
+SHAPE_CONFIGS = {'T5Config': SHAPE_FIELDS, 'DecoderOnlyConfig': DECODER_ONLY_HF_FIELDS}
 
 
 def model_shape_bindings(text: str) -> dict[str, Any]:
-  """'T5Config.<field>' -> value (macros resolved) of a gin config's text."""
+  """'T5Config.<field>' (or 'DecoderOnlyConfig.<field>') -> value (macros
+  resolved) of a gin config's text."""
   macros, found = {}, {}
   for st in config_parser.ConfigParser(text, gin_macros._Delegate()):  # pylint: disable=protected-access
     if not isinstance(st, config_parser.BindingStatement):
       continue
     if not st.arg_name and '.' not in st.selector:
       macros[st.selector] = st.value
-    elif st.selector.rsplit('.', 1)[-1] == 'T5Config' and st.arg_name in SHAPE_FIELDS:
-      key = (f'{st.scope}/' if st.scope else '') + f'T5Config.{st.arg_name}'
+    elif st.arg_name in SHAPE_CONFIGS.get(st.selector.rsplit('.', 1)[-1], ()):
+      name = st.selector.rsplit('.', 1)[-1]
+      key = (f'{st.scope}/' if st.scope else '') + f'{name}.{st.arg_name}'
       found[key] = st.value
   return {k: gin_macros._resolve(v, macros, ()) for k, v in found.items()}  # pylint: disable=protected-access
 

@@ -161,3 +161,26 @@ def test_score_and_predict_are_the_models_api_on_the_inputs_part():
   tokens = model.predict_batch(params, batch, max_decode_length=3)
   ref, _ = models.generate(CFG, params, prompts, prompt_lengths=lengths, max_decode_length=3)
   np.testing.assert_array_equal(np.asarray(tokens), np.asarray(ref))
+
+
+def test_hf_and_resume_config_checks_know_decoder_only_gins(tmp_path):
+  """An INITIAL_CHECKPOINT_PATH Hugging Face dir is checked against the
+  DecoderOnlyConfig (not read as T5); resume compares its shape bindings."""
+  from distill_sbs.training import config_checks  # pylint: disable=g-import-not-at-top
+  model = _model()
+  params = jax.tree_util.tree_map(
+      lambda v: v.unbox() if hasattr(v, 'unbox') else v,
+      model.get_initial_variables(jax.random.PRNGKey(0), {'decoder_input_tokens': (1, 4)})[
+          'params'], is_leaf=lambda v: hasattr(v, 'unbox'))
+  models.save_hf_checkpoint(str(tmp_path / 'hf'), CFG, params)
+  config_checks.check_hf_config(str(tmp_path / 'hf'), CFG)
+  with pytest.raises(config_checks.ConfigError, match='num_kv_heads: 2 in config.json, 4'):
+    config_checks.check_hf_config(str(tmp_path / 'hf'), CFG.replace(num_kv_heads=4))
+  text = open('t5x_configs/models/qwen3/tiny.gin', encoding='utf-8').read()
+  shape = config_checks.model_shape_bindings(text)
+  assert shape['DecoderOnlyConfig.num_kv_heads'] == 2
+  (tmp_path / 'old.gin').write_text(text)
+  config_checks.check_resume_config(str(tmp_path / 'old.gin'), text)
+  with pytest.raises(config_checks.ConfigError, match='num_layers'):
+    config_checks.check_resume_config(str(tmp_path / 'old.gin'),
+                                      text.replace('num_layers = 2', 'num_layers = 3'))
