@@ -41,18 +41,45 @@ def brevity_penalty(alpha: float, length: Array) -> Array:
   return jnp.power((5.0 + length.astype(jnp.float32)) / 6.0, alpha)
 
 
+def unpack_encoded(encoded: Array, encoder_input_tokens: Array,
+                   encoder_segment_ids: Array, num_segments: int
+                   ) -> tuple[Array, Array, Array]:
+  """One decoder row per (packed row, segment), row-major.
+
+  encoded [R, L, emb] of packed rows, tokens / segment ids [R, L] →
+  encoded [R·S, L, emb] (row r repeated S times), tokens [R·S, L] zeroed outside
+  segment s + 1 (so the cross-attention mask, built from tokens > 0, sees only
+  that example), and which of the R·S rows hold a segment [R·S] bool.
+  """
+  s = int(num_segments)
+  segment = jnp.tile(jnp.arange(1, s + 1, dtype=jnp.int32), encoded.shape[0])  # [R·S]
+  seg = jnp.repeat(encoder_segment_ids, s, axis=0)  # [R·S, L]
+  mine = seg == segment[:, None]
+  tokens = jnp.where(mine, jnp.repeat(encoder_input_tokens, s, axis=0), 0)
+  return jnp.repeat(encoded, s, axis=0), tokens, jnp.any(mine & (tokens > 0), axis=1)
+
+
 def _encode_and_init_cache(model: Transformer, params, encoder_input_tokens: Array,
-                           max_decode_length: int):
-  """Encoded inputs and a zeroed cache for `max_decode_length` steps."""
+                           max_decode_length: int, encoder_segment_ids=None,
+                           num_segments: int = 0):
+  """Encoded inputs and a zeroed cache for `max_decode_length` steps; with
+  `encoder_segment_ids` (packed rows) one decoder row per segment
+  (`unpack_encoded`). Returns (encoded, the tokens the decoder masks with,
+  rows that hold an example [batch] bool, cache)."""
   variables = {'params': params}
-  encoded = model.apply(variables, encoder_input_tokens, enable_dropout=False,
+  encoded = model.apply(variables, encoder_input_tokens,
+                        encoder_segment_ids=encoder_segment_ids, enable_dropout=False,
                         method=Transformer.encode)
+  present = jnp.ones((encoder_input_tokens.shape[0],), bool)
+  if encoder_segment_ids is not None:
+    encoded, encoder_input_tokens, present = unpack_encoded(
+        encoded, encoder_input_tokens, encoder_segment_ids, num_segments)
   dummy = jnp.ones((encoder_input_tokens.shape[0], max_decode_length), jnp.int32)
   _, new_vars = model.apply(variables, encoded, encoder_input_tokens, dummy, dummy,
                             enable_dropout=False, decode=True,
                             max_decode_length=max_decode_length, mutable=['cache'],
                             method=Transformer.decode)
-  return encoded, new_vars['cache']
+  return encoded, encoder_input_tokens, present, new_vars['cache']
 
 
 def _step(model: Transformer, params, cache, encoded: Array,
@@ -94,13 +121,16 @@ def next_token(log_probs: Array, rng: Array, temperature, sample: bool, topk: in
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'sample',
-                                             'topk', 'topp', 'record_topk'))
+                                             'topk', 'topp', 'record_topk',
+                                             'num_segments'))
 def _greedy_or_sample(params, encoder_input_tokens, rng, temperature, *, config,
-                      max_decode_length, sample, topk, topp, record_topk=0):
+                      max_decode_length, sample, topk, topp, record_topk=0,
+                      encoder_segment_ids=None, num_segments=0):
   model = Transformer(config)
+  encoded, encoder_input_tokens, present, cache = _encode_and_init_cache(
+      model, params, encoder_input_tokens, max_decode_length, encoder_segment_ids,
+      num_segments)
   batch = encoder_input_tokens.shape[0]
-  encoded, cache = _encode_and_init_cache(model, params, encoder_input_tokens,
-                                          max_decode_length)
   k = max(record_topk, 1)
 
   def cond(state):
@@ -126,7 +156,7 @@ def _greedy_or_sample(params, encoder_input_tokens, rng, temperature, *, config,
   topk_state = (jnp.zeros((batch, max_decode_length, k), jnp.int32),   # [b, T, k]
                 jnp.zeros((batch, max_decode_length, k), jnp.float32))
   state = (jnp.array(0, jnp.int32), jnp.zeros((batch, max_decode_length), jnp.int32),
-           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
+           jnp.zeros((batch,), jnp.int32), ~present,  # rows without an example: done
            jnp.zeros((batch,), jnp.float32), cache, rng, topk_state)
   _, tokens, _, _, logp, _, _, topk_out = jax.lax.while_loop(cond, body, state)
   return tokens, logp, topk_out
@@ -162,7 +192,7 @@ def _beam_search(params, encoder_input_tokens, alpha, *, config, max_decode_leng
   model = Transformer(config)
   batch, k, length = encoder_input_tokens.shape[0], beams, max_decode_length
   enc = jnp.repeat(encoder_input_tokens, k, axis=0)  # [b*k, enc_len]
-  encoded, cache = _encode_and_init_cache(model, params, enc, length)
+  encoded, _, _, cache = _encode_and_init_cache(model, params, enc, length)
 
   def cond(state):
     i, alive_logp, _, fin_scores, fin_flags = state[0], state[2], state[3], state[5], state[6]
@@ -243,8 +273,17 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
              num_beams: Optional[int] = None, beam_size: Optional[int] = None,
              alpha: Optional[float] = None, brevity_penalty: Optional[float] = None,
              return_all_beams: bool = False, return_topk: int = 0,
-             prompt_lengths: Optional[Array] = None) -> tuple[Array, ...]:
+             prompt_lengths: Optional[Array] = None,
+             encoder_segment_ids: Optional[Array] = None,
+             num_segments: Optional[int] = None) -> tuple[Array, ...]:
   """Decodes `encoder_input_tokens` [batch, len].
+
+  Packed encoder rows (greedy / sample): with `encoder_segment_ids` [R, len]
+  (1, 2, … per example, 0 padding) and `num_segments` S (the most examples a
+  row holds), the encoder runs once over the packed rows and every example is
+  decoded on its own: the outputs have R·S rows, row r·S + (s − 1) for segment
+  s of packed row r (all 0 where row r has no segment s), equal to decoding
+  each example alone.
 
   With a `DecoderOnlyConfig` the tokens are left-aligned prompts with
   `prompt_lengths` [batch] and `decoder_only_decoding.generate` runs (greedy /
@@ -283,6 +322,17 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
     raise ValueError(f'encoder_input_tokens must be [batch, length], got {inputs.shape}')
   if max_decode_length < 1:
     raise ValueError(f'max_decode_length must be >= 1, got {max_decode_length}')
+  if encoder_segment_ids is not None:
+    if method not in ('greedy', 'sample'):
+      raise ValueError(f"generate: packed encoder rows (encoder_segment_ids) decode with "
+                       f"'greedy' or 'sample', not {method!r}")
+    if not num_segments or int(num_segments) < 1:
+      raise ValueError('generate: encoder_segment_ids needs num_segments >= 1 (the most '
+                       'examples one packed row holds)')
+    encoder_segment_ids = jnp.asarray(encoder_segment_ids, jnp.int32)
+    if encoder_segment_ids.shape != inputs.shape:
+      raise ValueError(f'generate: encoder_segment_ids shape {encoder_segment_ids.shape} '
+                       f'!= encoder_input_tokens shape {inputs.shape}')
   if method in ('greedy', 'sample'):
     if method == 'sample' and rng is None:
       rng = jax.random.PRNGKey(seed)
@@ -291,7 +341,9 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
     tokens, logp, (top_ids, top_lps) = _greedy_or_sample(
         params, inputs, rng, jnp.float32(temperature), config=config,
         max_decode_length=int(max_decode_length), sample=method == 'sample',
-        topk=int(topk), topp=float(topp), record_topk=int(return_topk))
+        topk=int(topk), topp=float(topp), record_topk=int(return_topk),
+        encoder_segment_ids=encoder_segment_ids,
+        num_segments=int(num_segments or 0) if encoder_segment_ids is not None else 0)
     if return_topk:
       return tokens, logp, top_ids, top_lps
     return tokens, logp
