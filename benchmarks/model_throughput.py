@@ -5,6 +5,8 @@ Same config, same random weights (the PyTorch model is saved and loaded with
 
   * training step: forward + backward + Adafactor update (optax.adafactor vs
     transformers' Adafactor), target tokens / second;
+  * the project's `Trainer.train_step` on the same model and batch (its
+    overhead over the bare step is printed: shardings, metrics, loss_fn);
   * greedy generation with a key/value cache: generated tokens / second
     (the two produce the same tokens, which is checked).
 
@@ -94,6 +96,35 @@ def jax_train_step(config, params, inputs, targets):
   return run
 
 
+def trainer_step(config, params, inputs, targets):
+  """The project's `Trainer` step (shardings, metrics, loss_fn, Adafactor) on the
+  same model, weights and batch as `jax_train_step`."""
+  from distill_sbs.distill import losses  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import model as model_lib  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import optimizers  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import partitioning  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  model = model_lib.EncoderDecoderModel(
+      module=models.Transformer(config), input_vocabulary=None, output_vocabulary=None,
+      optimizer_def=optimizers.adafactor(optimizers.constant(1e-3)),
+      loss_fn=losses.CrossEntropyLoss())
+  mesh_cfg = partitioning.MeshConfig(num_partitions=1)
+  mesh = partitioning.create_mesh(mesh_cfg)
+  batch = {'encoder_input_tokens': inputs, 'decoder_target_tokens': targets,
+           'decoder_input_tokens': np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+           'decoder_loss_weights': (targets > 0).astype(np.float32)}
+  tr = trainer_lib.Trainer(model, mesh, mesh_cfg.logical_axis_rules(),
+                           {k: v.shape for k, v in batch.items()})
+  state = {'state': tr.init_state()}
+  gbatch = tr.shard_batch(batch)
+
+  def run():
+    state['state'], metrics = tr.train_step(state['state'], gbatch)
+    jax.block_until_ready(metrics)
+
+  return run
+
+
 def torch_train_step(model, inputs, targets):
   from transformers.optimization import Adafactor  # pylint: disable=g-import-not-at-top
   model.train()
@@ -141,6 +172,9 @@ def main():
   _, theirs = timed(torch_train_step(build_torch(args.size), inputs, targets),
                     args.train_steps)
   rows.append(('train step (fwd+bwd+Adafactor)', n_target / ours, n_target / theirs, first))
+  bare = ours
+  first, full = timed(trainer_step(config, params, inputs, targets), args.train_steps)
+  rows.append(('Trainer.train_step (same model)', n_target / full, n_target / theirs, first))
 
   length = args.target_length
   out = {}
@@ -167,6 +201,7 @@ def main():
   for name, a, b, first in rows:
     print(f'{name:34s} {a:12.1f} {b:12.1f} {a / b:7.2f} {first:16.2f}')
   print(f'generated tokens identical: {same} ({n_gen} tokens)')
+  print(f'Trainer step overhead over the bare jit step: {full / bare - 1:+.1%}')
 
 
 if __name__ == '__main__':
