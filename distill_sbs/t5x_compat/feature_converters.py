@@ -28,26 +28,26 @@ from distill_sbs.data import feature_converters as data_converters
 from distill_sbs.data import topk as data_topk
 
 
-class PairedFeatureConverter(data_converters.PairedEncDecFeatureConverter):
-  """`PairedEncDecFeatureConverter` (T5X constructs it with T5X's arguments)."""
-
-
-class TopKFeatureConverter(data_topk.TopKFeatureConverter):
-  """`data.topk.TopKFeatureConverter` (T5X constructs it with T5X's arguments)."""
-
-
 class _OneRowPerExample:
   """T5X's inference evaluation reads `len(ds)`: unpacked label rows (one per
   example) keep the input dataset's cardinality, which the data layer's
-  filter / flat_map leave unknown."""
+  filter / flat_map / packing leave unknown."""
 
   def __call__(self, ds, task_feature_lengths):
     out = super().__call__(ds, task_feature_lengths)
     n = int(ds.cardinality())
-    paired = any(f in ds.element_spec for f in data_decoder_only.RATIONALE_FEATURES)
+    paired = any(f in ds.element_spec for f in data_converters.RATIONALE_FEATURES)
     if not self.pack and not paired and n >= 0:
       out = out.apply(tf.data.experimental.assert_cardinality(n))
     return out
+
+
+class PairedFeatureConverter(_OneRowPerExample, data_converters.PairedEncDecFeatureConverter):
+  """`PairedEncDecFeatureConverter` (T5X constructs it with T5X's arguments)."""
+
+
+class TopKFeatureConverter(_OneRowPerExample, data_topk.TopKFeatureConverter):
+  """`data.topk.TopKFeatureConverter` (T5X constructs it with T5X's arguments)."""
 
 
 class DecoderOnlyFeatureConverter(_OneRowPerExample,
