@@ -169,9 +169,11 @@ class DecoderOnlyFeatureConverter(seqio.FeatureConverter):
                         ) -> tf.data.Dataset:
     length = self.model_length(task_feature_lengths)
     rows = self._rows(ds, task_feature_lengths)
-    rows = rows.filter(lambda r: tf.size(r['decoder_input_tokens']) > 0)
     keys = list(rows.element_spec)
     if self.pack:
+      # (An example of < 2 tokens has no row; unpacked, it pads to an all-zero
+      # row, so one-row-per-example datasets keep their cardinality.)
+      rows = rows.filter(lambda r: tf.size(r['decoder_input_tokens']) > 0)
       packed = packing.pack_dataset(rows, {k: length for k in keys}, self.num_bins)
 
       def name(ex):

@@ -32,7 +32,9 @@ With `decode=True` keys / values go to the `cache` collection
 first call (its input length is the cache length) only creates the zeroed
 cache; each later call writes its [batch, l] tokens at the per-row cache
 indices `decoder_positions[:, 0]...` and attends to cache index j <= position
-(left-aligned rows, so cache index = position).
+(left-aligned rows, so cache index = position). A prefill call given
+`decoder_causal_attention` (1 on each row's prompt, a prefix from position 0)
+lets the prompt attend bidirectionally within itself, as in training (prefix-LM).
 """
 from __future__ import annotations
 
@@ -154,8 +156,8 @@ class Attention(nn.Module):
     inv_freq = cfg.inv_freq(self.layer)
     q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-    if decode:
-      k, v, mask = self._cache(k, v, positions)
+    if decode:  # `mask` is then None or the prefill's causal attention [b, l]
+      k, v, mask = self._cache(k, v, positions, mask)
     logit_dtype = jnp.float32 if cfg.float32_attention_logits else dtype
     if cfg.attention_kernel == 'jax' and (deterministic or cfg.dropout_rate == 0.0):
       qkv = [t.astype(logit_dtype) for t in (q, k, v)]  # kv heads grouped natively
@@ -181,9 +183,10 @@ class Attention(nn.Module):
     return Dense(cfg.emb_dim, ('joined_kv', 'embed'), cfg.out_bias, cfg.activation_dtype,
                  cfg.weight_dtype, name='out')(out.reshape(b, l, -1))
 
-  def _cache(self, k, v, positions):
+  def _cache(self, k, v, positions, causal_attention=None):
     """Writes k / v [b, l, kvh, d] at cache indices positions[:, 0]...; returns the
-    whole cache and its mask [b, 1, l, cache_length]."""
+    whole cache and its mask [b, 1, l, cache_length] (prompt positions, 1 in
+    `causal_attention` [b, l], also see the rest of their row's prompt)."""
     cfg = self.config
     initialized = self.has_variable('cache', 'cached_key')
     cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
@@ -197,6 +200,10 @@ class Attention(nn.Module):
     j = jnp.arange(cached_k.value.shape[1])[None, None, :]
     pos = positions[:, :, None]
     mask = j <= pos  # [b, l, cache_length]
+    if causal_attention is not None:
+      prompt = causal_attention.astype(bool)  # [b, l]
+      prompt_len = jnp.sum(prompt, axis=1)[:, None, None]  # a prefix from 0
+      mask = mask | (prompt[:, :, None] & (j < prompt_len))
     if cfg.is_sliding(self.layer):
       mask = mask & (pos - j < cfg.sliding_window)
     return cached_k.value, cached_v.value, mask[:, None]
@@ -267,6 +274,8 @@ class Decoder(nn.Module):
       full, sliding = attention_masks(tokens.shape[1], segment_ids, causal_attention,
                                       cfg.sliding_window if 'sliding_attention'
                                       in cfg.layer_types else None)
+    elif causal_attention is not None:  # a prefix-LM prefill (see Attention._cache)
+      full = sliding = jnp.asarray(causal_attention)
     layer_cls = DecoderLayer
     if cfg.remat_policy != 'none' and not decode:
       policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims

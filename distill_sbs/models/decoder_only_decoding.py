@@ -24,10 +24,11 @@ from distill_sbs.models.decoder_only_config import DecoderOnlyConfig
 Array = jnp.ndarray
 
 
-def _apply(model, params, cache, tokens, positions):
+def _apply(model, params, cache, tokens, positions, causal_attention=None):
   logits, new_vars = model.apply({'params': params, 'cache': cache}, tokens,
                                  enable_dropout=False, decode=True,
-                                 decoder_positions=positions, mutable=['cache'])
+                                 decoder_positions=positions,
+                                 decoder_causal_attention=causal_attention, mutable=['cache'])
   return logits, new_vars['cache']
 
 
@@ -43,14 +44,15 @@ def init_cache(config: DecoderOnlyConfig, params, batch: int, length: int):
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'sample',
-                                             'topk', 'topp', 'record_topk'))
+                                             'topk', 'topp', 'record_topk', 'prefix_lm'))
 def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_length,
-            sample, topk, topp, record_topk=0):
+            sample, topk, topp, record_topk=0, prefix_lm=False):
   model = DecoderOnlyTransformer(config)
   batch, prompt_len = prompts.shape
   cache = init_cache(config, params, batch, prompt_len + max_decode_length)
   positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
-  logits, cache = _apply(model, params, cache, prompts, positions)  # [b, P, vocab]
+  logits, cache = _apply(model, params, cache, prompts, positions,  # [b, P, vocab]
+                         _prefix(positions, lengths) if prefix_lm else None)
   last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
   eos = jnp.asarray(config.eos_ids, jnp.int32)
   k = max(record_topk, 1)
@@ -85,8 +87,15 @@ def _decode(params, prompts, lengths, rng, temperature, *, config, max_decode_le
   return tokens, logp, topk_out
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'beams'))
-def _beam_search(params, prompts, lengths, alpha, *, config, max_decode_length, beams):
+def _prefix(positions, lengths):
+  """Prefix-LM prefill: 1 on each row's prompt (`decoder_causal_attention`)."""
+  return (positions < lengths[:, None]).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'beams',
+                                             'prefix_lm'))
+def _beam_search(params, prompts, lengths, alpha, *, config, max_decode_length, beams,
+                 prefix_lm=False):
   """T5X-style beam search (`decoding._beam_search`) over a prefilled cache."""
   from distill_sbs.models.decoding import NEG_INF, _gather_beams, brevity_penalty  # pylint: disable=g-import-not-at-top
   model = DecoderOnlyTransformer(config)
@@ -94,7 +103,8 @@ def _beam_search(params, prompts, lengths, alpha, *, config, max_decode_length, 
   k, length = beams, max_decode_length
   cache = init_cache(config, params, batch, prompt_len + length)
   positions = jnp.broadcast_to(jnp.arange(prompt_len), prompts.shape)
-  logits, cache = _apply(model, params, cache, prompts, positions)  # [b, P, vocab]
+  logits, cache = _apply(model, params, cache, prompts, positions,  # [b, P, vocab]
+                         _prefix(positions, lengths) if prefix_lm else None)
   last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
   # Every beam of a row shares its prompt: [b, ...] -> [b*k, ...].
   cache = jax.tree_util.tree_map(lambda x: jnp.repeat(x, k, axis=0), cache)
@@ -136,7 +146,8 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
              method: str = 'greedy', temperature: float = 1.0, topk: int = 0,
              topp: float = 0.0, rng: Optional[Array] = None, seed: int = 0,
              num_beams: Optional[int] = None, alpha: Optional[float] = None,
-             return_all_beams: bool = False, return_topk: int = 0) -> tuple[Array, ...]:
+             return_all_beams: bool = False, return_topk: int = 0,
+             prefix_lm: bool = False) -> tuple[Array, ...]:
   """Continues left-aligned prompts [batch, len] (`prompt_lengths` [batch],
   default the full length) by `max_decode_length` tokens.
 
@@ -149,6 +160,8 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
   [batch, max_decode_length, k] int32 and log-probs (untempered log-softmax,
   best first; 0 after the row ended) at each generated position, collected
   while decoding: what `topk_scores` gives teacher-forced on the same tokens.
+  `prefix_lm`: the prompt attends bidirectionally within itself (a model
+  trained with `decoder_causal_attention`, e.g. UL2R prefix-LM rows).
   """
   from distill_sbs.models.decoding import _unwrap  # pylint: disable=g-import-not-at-top
   prompts = jnp.asarray(prompt_tokens, jnp.int32)
@@ -167,7 +180,7 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
     seqs, logp = _beam_search(_unwrap(params), prompts, lengths,
                               jnp.float32(0.6 if alpha is None else alpha), config=config,
                               max_decode_length=int(max_decode_length),
-                              beams=int(num_beams or 4))
+                              beams=int(num_beams or 4), prefix_lm=bool(prefix_lm))
     return (seqs, logp) if return_all_beams else (seqs[:, 0], logp[:, 0])
   if method not in ('greedy', 'sample'):
     raise ValueError(f"decoder-only decoding method {method!r}: expected 'greedy', "
@@ -177,7 +190,7 @@ def generate(config: DecoderOnlyConfig, params: Any, prompt_tokens: Array, *,
   tokens, logp, (top_ids, top_lps) = _decode(
       _unwrap(params), prompts, lengths, rng, jnp.float32(temperature), config=config,
       max_decode_length=int(max_decode_length), sample=method == 'sample', topk=int(topk),
-      topp=float(topp), record_topk=int(return_topk))
+      topp=float(topp), record_topk=int(return_topk), prefix_lm=bool(prefix_lm))
   if return_topk:
     return tokens, logp, top_ids, top_lps
   return tokens, logp

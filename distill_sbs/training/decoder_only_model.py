@@ -172,15 +172,23 @@ class DecoderOnlyModel:
                              ) -> tuple[Array, dict[str, Array]]:
     """Continues each row's inputs part: the prompt is `decoder_input_tokens`
     up to and including the position predicting the first target (the first
-    loss-weighted position), left-aligned, as `models.generate` takes it."""
+    loss-weighted position), left-aligned, as `models.generate` takes it.
+    Prefix-LM rows (`decoder_causal_attention`) prefill with a bidirectional
+    prompt, as they were trained."""
     prompts, lengths = prompt_from_batch(batch)
     length = int(max_decode_length or self.max_decode_length or prompts.shape[1])
     options = dict(self.decode_options)
     if self.decode_method == 'sample' and rng is not None:
       options.setdefault('rng', rng)
-    tokens, log_probs = models.generate(self.config, params, prompts,
-                                        max_decode_length=length, prompt_lengths=lengths,
-                                        method=self.decode_method, **options)
+    if 'decoder_causal_attention' in batch:  # a prefix-LM student: bidirectional prompt
+      from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
+      tokens, log_probs = decoder_only_decoding.generate(
+          self.config, params, prompts, max_decode_length=length, prompt_lengths=lengths,
+          method=self.decode_method, prefix_lm=True, **options)
+    else:
+      tokens, log_probs = models.generate(self.config, params, prompts,
+                                          max_decode_length=length, prompt_lengths=lengths,
+                                          method=self.decode_method, **options)
     return tokens, {'scores': log_probs}
 
 

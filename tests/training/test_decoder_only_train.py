@@ -184,3 +184,39 @@ def test_hf_and_resume_config_checks_know_decoder_only_gins(tmp_path):
   with pytest.raises(config_checks.ConfigError, match='num_layers'):
     config_checks.check_resume_config(str(tmp_path / 'old.gin'),
                                       text.replace('num_layers = 2', 'num_layers = 3'))
+
+
+def test_prefix_lm_rows_decode_with_a_bidirectional_prompt():
+  """Greedy KV-cache decoding of prefix-LM rows equals the teacher-forced
+  network with `decoder_causal_attention` on the prompt (what training saw)."""
+  examples = [{'inputs': [5, 0, 7, 9, 1], 'targets': [3, 1]},
+              {'inputs': [6, 1], 'targets': [4, 2, 1]}]
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(examples), output_signature={k: tf.TensorSpec([None], tf.int32)
+                                                for k in examples[0]})
+  rows = list(doc.DecoderOnlyPrefixLMFeatureConverter(pack=False)(
+      ds, {'inputs': 5, 'targets': 3}).as_numpy_iterator())
+  batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  cfg = CFG.replace(num_layers=2)  # one layer's prompt keys are its embeddings
+  model = decoder_only_model.DecoderOnlyModel(models.DecoderOnlyTransformer(cfg), None, None,
+                                              optax.adam(0.01))
+  params = jax.tree_util.tree_map(
+      lambda v: v.unbox() if hasattr(v, 'unbox') else v,
+      model.get_initial_variables(jax.random.PRNGKey(2), {'decoder_input_tokens': (1, 4)})[
+          'params'], is_leaf=lambda v: hasattr(v, 'unbox'))
+  tokens, aux = model.predict_batch_with_aux(params, batch, max_decode_length=4)
+  tokens, scores = np.asarray(tokens), np.asarray(aux['scores'])
+  net = models.DecoderOnlyTransformer(cfg)
+  for r, ex in enumerate(examples):
+    m = len(ex['inputs'])
+    seq = np.array([ex['inputs'] + tokens[r].tolist()], np.int32)
+    want = {}
+    for prefix in (True, False):
+      causal = (np.arange(seq.shape[1]) < m).astype(np.int32)[None] if prefix else None
+      logits = net.apply({'params': params}, seq, enable_dropout=False,
+                         decoder_causal_attention=causal)
+      logp = np.asarray(jax.nn.log_softmax(np.asarray(logits)[0, m - 1:m + 3]))
+      want[prefix] = (np.argmax(logp, -1), logp[np.arange(4), tokens[r]].sum())
+    np.testing.assert_array_equal(tokens[r], want[True][0])  # (no EOS drawn here)
+    np.testing.assert_allclose(scores[r], want[True][1], rtol=1e-5)
+    assert abs(scores[r] - want[False][1]) > 1e-3  # a causal prompt scores otherwise
