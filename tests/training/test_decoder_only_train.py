@@ -220,3 +220,31 @@ def test_prefix_lm_rows_decode_with_a_bidirectional_prompt():
     np.testing.assert_array_equal(tokens[r], want[True][0])  # (no EOS drawn here)
     np.testing.assert_allclose(scores[r], want[True][1], rtol=1e-5)
     assert abs(scores[r] - want[False][1]) > 1e-3  # a causal prompt scores otherwise
+
+
+def test_student_eval_candidate_rows_for_decoder_only_rows():
+  """Rank classification rows (`student_eval`): each example's inputs part
+  followed by each candidate + EOS, loss on the candidate, segment ids on the
+  real tokens (the 0 in the inputs is one)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import evaluation  # pylint: disable=g-import-not-at-top
+  examples = [{'inputs': [5, 0, 1], 'targets': [70, 1]}, {'inputs': [6, 1], 'targets': [71, 1]}]
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(examples), output_signature={k: tf.TensorSpec([None], tf.int32)
+                                                for k in examples[0]})
+  model_ds = doc.DecoderOnlyFeatureConverter(pack=False)(
+      ds, {'inputs': 3, 'targets': 2}).enumerate()
+  vocab = seqio.ByteVocabulary(extra_ids=0)
+  rows = list(evaluation._candidate_rows(  # pylint: disable=protected-access
+      model_ds, [['a', 'bc'], ['d']], vocab).as_numpy_iterator())
+  assert [i for i, _ in rows] == [0, 1, 2, 3]
+  f = {k: np.stack([r[k] for _, r in rows]) for k in rows[0][1]}
+  a, b, c, d = (x + 3 for x in b'abcd')  # byte ids
+  np.testing.assert_array_equal(f['decoder_input_tokens'], [
+      [5, 0, 1, a, 0], [5, 0, 1, b, c], [6, 1, d, 0, 0], [6, 1, d, 0, 0]])
+  np.testing.assert_array_equal(f['decoder_target_tokens'], [
+      [0, 1, a, 1, 0], [0, 1, b, c, 1], [1, d, 1, 0, 0], [1, d, 1, 0, 0]])
+  np.testing.assert_array_equal(f['decoder_loss_weights'], [
+      [0, 0, 1, 1, 0], [0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0]])
+  np.testing.assert_array_equal(f['decoder_segment_ids'], [
+      [1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0]])
