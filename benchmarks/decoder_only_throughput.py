@@ -20,6 +20,8 @@ and loaded with `models.load_hf_checkpoint`, so both run the same weights.
 Times: the median of `--repeats` calls after a first call (which, for JAX,
 compiles; printed separately as 'first call s'). PyTorch uses
 `torch.set_num_threads(os.cpu_count())`. Ratio = JAX tokens/s ÷ PyTorch tokens/s.
+`--dtype=bfloat16`: JAX computes in bfloat16 with float32 parameters (the
+project's mixed precision), PyTorch runs the model cast to bfloat16.
 
 Sizes (`SIZES`): 'tiny' (the qwen3 tiny gin's shapes) and 'qwen3_0_6b_like':
 Qwen3-0.6B's layer shapes (hidden 1024, 16 query / 8 key-value heads of 128,
