@@ -72,7 +72,7 @@ def test_sbs_cqa_tiny_composes_model_run_method_dataset():
   m = _macros([str(path)])
   assert m['MIXTURE_OR_TASK_NAME'] == 'sbs_cqa_paired_llm'
   assert m['INFER_EVAL_MIXTURE_OR_TASK_NAME'] == 'sbs_cqa_predict_llm'
-  assert m['TASK_FEATURE_LENGTHS'] == {'inputs': 1024, 'targets': 400}  # packed rows
+  assert m['TASK_FEATURE_LENGTHS'] == {'inputs': 768, 'targets': 288}  # packed rows
   assert m['BATCH_SIZE'] % 2 == 0  # label + rationale rows stay paired
   assert m['INITIAL_CHECKPOINT_PATH'] is None and m['TRAIN_STEPS'] > 0
 

@@ -142,7 +142,7 @@ def test_kept_experiment_files_are_their_compositions():
   b = gin_macros.read_macros(_parts('sbs_llm', 'cqa', 'tiny'))
   assert a == b
   assert a['MIXTURE_OR_TASK_NAME'] == 'sbs_cqa_paired_llm'
-  assert a['TASK_FEATURE_LENGTHS'] == {'inputs': 1024, 'targets': 400}  # packed rows
+  assert a['TASK_FEATURE_LENGTHS'] == {'inputs': 768, 'targets': 288}  # packed rows
   assert (a['TRAIN_STEPS'], a['BATCH_SIZE'], a['LEARNING_RATE']) == (1000, 16, 0.003)
   text = (REPO / 't5x_configs/t5x/sbs_cqa_tiny.gin').read_text()
   for inc in ('t5x_configs/models/t5_1_1/tiny.gin', 't5x_configs/t5x/sbs_llm.gin',
