@@ -306,14 +306,12 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
   """
   if isinstance(config, DecoderOnlyConfig):
     from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
-    if return_topk:
-      raise ValueError('decoder-only generate: return_topk is not supported')
     return decoder_only_decoding.generate(
         config, params, encoder_input_tokens, max_decode_length=max_decode_length,
         prompt_lengths=prompt_lengths, method=method, temperature=temperature, topk=topk,
         topp=topp, rng=rng, seed=seed, num_beams=num_beams or beam_size,
         alpha=alpha if alpha is not None else brevity_penalty,
-        return_all_beams=return_all_beams)
+        return_all_beams=return_all_beams, return_topk=return_topk)
   if prompt_lengths is not None:
     raise ValueError('prompt_lengths is for decoder-only configs')
   params = _unwrap(params)

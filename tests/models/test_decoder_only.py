@@ -193,9 +193,15 @@ def test_config_validation_and_generate_dispatch():
                                     mlp_dim=8, num_encoder_layers=1, num_decoder_layers=1),
                     {}, np.ones((1, 2), np.int32), max_decode_length=2,
                     prompt_lengths=np.array([2]))
+  # return_topk reaches the decoder-only decoder (tested against topk_scores in
+  # test_decoder_only_topk.py); beam search has none.
+  tokens, _, ids, lps = models.generate(LLAMA, random_params(LLAMA),
+                                        np.ones((1, 2), np.int32), max_decode_length=2,
+                                        return_topk=2)
+  assert tokens.shape == (1, 2) and ids.shape == lps.shape == (1, 2, 2)
   with pytest.raises(ValueError, match='return_topk'):
     models.generate(LLAMA, random_params(LLAMA), np.ones((1, 2), np.int32),
-                    max_decode_length=2, return_topk=2)
+                    max_decode_length=2, return_topk=2, method='beam')
 
 
 def test_beam_search(model):
