@@ -72,3 +72,21 @@ def test_method_trains_a_decoder_only_student(method, data_dir, monkeypatch):
   loss, metrics = jax.jit(lambda p, b: model.loss_fn(p, b, None))(params, batch)
   assert np.isfinite(float(loss)) and 3 < float(loss) < 10
   assert float(metrics['real_tokens']) == w.sum()
+
+
+@pytest.mark.parametrize('name', ['llama/tiny', 'llama/3_2_1b', 'qwen3/tiny', 'qwen3/0_6b',
+                                  'gemma3/tiny', 'gemma3/270m'])
+def test_every_decoder_only_model_gin_binds_model(name):
+  from distill_sbs import models  # pylint: disable=g-import-not-at-top
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin([f't5x_configs/models/{name}.gin'], [], check_required=False)
+    model = gin.query_parameter('%MODEL').scoped_configurable_fn()
+    net = gin.query_parameter('%NETWORK').scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+  assert isinstance(model, decoder_only_model.DecoderOnlyModel)
+  assert isinstance(model.module, models.DecoderOnlyTransformer)
+  assert model.config == net.config
+  assert model.FEATURE_CONVERTER_CLS is doc.DecoderOnlyFeatureConverter
+  assert model.input_vocabulary is not None and model.max_decode_length is None
