@@ -90,3 +90,28 @@ def test_every_decoder_only_model_gin_binds_model(name):
   assert model.config == net.config
   assert model.FEATURE_CONVERTER_CLS is doc.DecoderOnlyFeatureConverter
   assert model.input_vocabulary is not None and model.max_decode_length is None
+
+
+def test_ul2r_decoder_only_gin_gives_prefix_lm_rows(sbs_data_dir, monkeypatch):
+  """gin/ul2r/cqa_corpus_qwen3_tiny.gin: UL2R rows with a bidirectional prefix
+  (the inputs, mode token first) through the decoder-only label converter."""
+  monkeypatch.setenv('DISTILL_SBS_DATA_DIR', str(sbs_data_dir))
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(['gin/ul2r/cqa_corpus_qwen3_tiny.gin'], [
+        'BATCH_SIZE = 4', "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 32}",
+        '_decoder_only_probe.model = %MODEL',
+        '_decoder_only_probe.train_cfg = @train/input_pipeline.DatasetConfig()'])
+    model, cfg = _decoder_only_probe()
+    converter = input_pipeline.feature_converter(cfg, model)
+    batch = next(iter(input_pipeline.get_dataset(cfg, model).as_numpy_iterator()))
+  finally:
+    gin.clear_config()
+  assert type(converter) is doc.DecoderOnlyFeatureConverter and converter.prefix_lm
+  causal, w = batch['decoder_causal_attention'] > 0, batch['decoder_loss_weights'] > 0
+  assert batch['decoder_input_tokens'].shape == (4, 96)
+  assert causal.any() and w.any()
+  # The prefix ends where the loss begins: the last prefix position predicts
+  # the first target, nothing else overlaps.
+  assert not (causal & w & np.roll(w, 1, axis=1)).any()
+  assert ((causal & w).sum(axis=1) == batch['decoder_segment_ids'].max(axis=1)).all()
