@@ -119,10 +119,27 @@ def plot_metric_vs_fraction(summary: Sequence[Mapping[str, Any]], path: os.PathL
   return _save(fig, path)
 
 
+# Model families by their folder under t5x_configs/models/.
+FAMILY_NAMES = {'t5_1_1': 'T5 v1.1', 't5': 'T5', 'flan_t5': 'Flan-T5', 'llama': 'Llama',
+                'qwen3': 'Qwen3', 'gemma3': 'Gemma 3'}
+
+
+def size_label(model_gin: str, size: str) -> str:
+  """'Qwen3 tiny' for the model part `model_gin` (a `{size}` template, e.g.
+  't5x_configs/models/{size}.gin' with size 'qwen3/tiny', or
+  't5x_configs/models/t5_1_1/{size}.gin' with 'tiny'): the family and size."""
+  path = pathlib.PurePosixPath(model_gin.replace('{size}', size))
+  family, name = path.parent.name, path.stem
+  return f'{FAMILY_NAMES.get(family, family)} {name}' if family else name
+
+
 def plot_metric_vs_size(summary: Sequence[Mapping[str, Any]], path: os.PathLike | str,
                         sizes_order: Sequence[str], metric: str = 'test_accuracy',
-                        fraction: float = 1.0) -> pathlib.Path:
-  """Metric vs model size (at one data fraction), one line per method."""
+                        fraction: float = 1.0,
+                        size_labels: Optional[Sequence[str]] = None) -> pathlib.Path:
+  """Metric vs model size (at one data fraction), one line per method; the
+  x axis names each size with its family (`size_labels`, e.g. from
+  `size_label`), so a sweep over T5 and decoder-only students reads right."""
   datasets = sorted({str(r['dataset']) for r in summary})
   sizes = list(sizes_order)
   fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
@@ -132,7 +149,7 @@ def plot_metric_vs_size(summary: Sequence[Mapping[str, Any]], path: os.PathLike 
                                    and abs(float(r['fraction']) - fraction) < 1e-9),
                   lambda r: sizes.index(str(r['size'])),
                   xlabel='model size', title=f'{ds} ({format_pct(fraction)}% data)')
-    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_xticks(range(len(sizes)), list(size_labels or sizes), rotation=15)
   return _save(fig, path)
 
 

@@ -32,7 +32,8 @@ class RunSpec:
   @property
   def run_id(self) -> str:
     pct = format_fraction(self.fraction)
-    return f'{self.dataset}_{self.size}/{self.method}/frac{pct}/seed{self.seed}'
+    size = self.size.replace('/', '-')  # a family-qualified size: 'qwen3/tiny'
+    return f'{self.dataset}_{size}/{self.method}/frac{pct}/seed{self.seed}'
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

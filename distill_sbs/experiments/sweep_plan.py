@@ -37,7 +37,10 @@ class SweepConfig:
   Attributes:
     name: experiment name (report title; default output dir).
     dataset: prepared dataset name (cqa, svamp, esnli, anli1).
-    sizes: model sizes; `{size}` in `model_gin`.
+    sizes: model sizes; `{size}` in `model_gin`. One sweep may hold T5 and
+      decoder-only students: `model_gin='t5x_configs/models/{size}.gin'` with
+      family-qualified sizes ('t5_1_1/tiny', 'qwen3/tiny'); the plots name the
+      family (`plots.size_label`).
     methods: method names (`methods.METHODS`) in plot/table order.
     fractions: fractions of the training data in (0, 1].
     seeds: RANDOM_SEED values; mean/std are taken over them.

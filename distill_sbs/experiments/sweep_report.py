@@ -59,7 +59,8 @@ def write_outputs(config: sweep_plan.SweepConfig) -> dict[str, pathlib.Path]:
       [s for s in config.sizes if s not in SIZES_ORDER]
   if len(sizes) > 1:
     paths['vs_size'] = plots.plot_metric_vs_size(
-        summary, out / 'accuracy_vs_size.png', sizes, metric, max(config.fractions))
+        summary, out / 'accuracy_vs_size.png', sizes, metric, max(config.fractions),
+        size_labels=[plots.size_label(config.model_gin, s) for s in sizes])
   curves = {}
   for spec, model_dir in done:
     if spec.seed == config.seeds[0] and spec.fraction == max(config.fractions):
