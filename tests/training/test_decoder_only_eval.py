@@ -55,6 +55,20 @@ def test_hf_and_resume_config_checks_know_decoder_only_gins(tmp_path):
           'params'], is_leaf=lambda v: hasattr(v, 'unbox'))
   models.save_hf_checkpoint(str(tmp_path / 'hf'), CFG, params)
   config_checks.check_hf_config(str(tmp_path / 'hf'), CFG)
+  # INITIAL_CHECKPOINT_PATH: the HF directory loads into the trainer's sharded state.
+  from distill_sbs.models import checkpoint_formats  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import partitioning  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  mesh = partitioning.create_mesh(partitioning.MeshConfig(mesh_shape=(4, 2)))
+  tr = trainer_lib.Trainer(model, mesh, partitioning.standard_logical_axis_rules(),
+                           {'decoder_input_tokens': (8, 6)}, seed=7)
+  state = tr.init_state()
+  loaded = checkpoint_formats.load_initial_params(str(tmp_path / 'hf'), state.params,
+                                                  tr.state_shardings.params)
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(loaded),
+                               jax.tree_util.tree_leaves(params)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
   with pytest.raises(config_checks.ConfigError, match='num_kv_heads: 2 in config.json, 4'):
     config_checks.check_hf_config(str(tmp_path / 'hf'), CFG.replace(num_kv_heads=4))
   text = open('t5x_configs/models/qwen3/tiny.gin', encoding='utf-8').read()
