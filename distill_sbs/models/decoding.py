@@ -275,7 +275,8 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
              return_all_beams: bool = False, return_topk: int = 0,
              prompt_lengths: Optional[Array] = None,
              encoder_segment_ids: Optional[Array] = None,
-             num_segments: Optional[int] = None) -> tuple[Array, ...]:
+             num_segments: Optional[int] = None,
+             prefix_lm: bool = False) -> tuple[Array, ...]:
   """Decodes `encoder_input_tokens` [batch, len].
 
   Packed encoder rows (greedy / sample): with `encoder_segment_ids` [R, len]
@@ -287,7 +288,8 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
 
   With a `DecoderOnlyConfig` the tokens are left-aligned prompts with
   `prompt_lengths` [batch] and `decoder_only_decoding.generate` runs (greedy /
-  sample / beam; tokens after EOS are the config's pad id).
+  sample / beam; tokens after EOS are the config's pad id; `prefix_lm`: the
+  prompt attends bidirectionally, as a prefix-LM student was trained).
 
   Args:
     method: 'greedy', 'sample' (temperature, topk, topp, rng / seed) or 'beam'
@@ -311,9 +313,9 @@ def generate(config: T5Config, params: Any, encoder_input_tokens: Array, *,
         prompt_lengths=prompt_lengths, method=method, temperature=temperature, topk=topk,
         topp=topp, rng=rng, seed=seed, num_beams=num_beams or beam_size,
         alpha=alpha if alpha is not None else brevity_penalty,
-        return_all_beams=return_all_beams, return_topk=return_topk)
-  if prompt_lengths is not None:
-    raise ValueError('prompt_lengths is for decoder-only configs')
+        return_all_beams=return_all_beams, return_topk=return_topk, prefix_lm=prefix_lm)
+  if prompt_lengths is not None or prefix_lm:
+    raise ValueError('prompt_lengths and prefix_lm are for decoder-only configs')
   params = _unwrap(params)
   inputs = jnp.asarray(encoder_input_tokens, jnp.int32)
   if inputs.ndim != 2:

@@ -180,15 +180,13 @@ class DecoderOnlyModel:
     options = dict(self.decode_options)
     if self.decode_method == 'sample' and rng is not None:
       options.setdefault('rng', rng)
-    if 'decoder_causal_attention' in batch:  # a prefix-LM student: bidirectional prompt
-      from distill_sbs.models import decoder_only_decoding  # pylint: disable=g-import-not-at-top
-      tokens, log_probs = decoder_only_decoding.generate(
-          self.config, params, prompts, max_decode_length=length, prompt_lengths=lengths,
-          method=self.decode_method, prefix_lm=True, **options)
-    else:
-      tokens, log_probs = models.generate(self.config, params, prompts,
-                                          max_decode_length=length, prompt_lengths=lengths,
-                                          method=self.decode_method, **options)
+    # A prefix-LM student (`decoder_causal_attention` rows) decodes with a
+    # bidirectional prompt, as it was trained.
+    tokens, log_probs = models.generate(self.config, params, prompts,
+                                        max_decode_length=length, prompt_lengths=lengths,
+                                        method=self.decode_method,
+                                        prefix_lm='decoder_causal_attention' in batch,
+                                        **options)
     return tokens, {'scores': log_probs}
 
 
