@@ -76,6 +76,10 @@ flags.DEFINE_float('timeout', 30.0, 'Per-request timeout (s).')
 flags.DEFINE_boolean('samples_via_n', True, 'HTTP: one request with n= for the samples.')
 flags.DEFINE_boolean('logprob_token_ids', False,
                      'vLLM: ask for token ids in logprobs and store top-k in the records.')
+flags.DEFINE_string('teacher_vocabulary', None,
+                    'HTTP with --logprob_token_ids: the served model\'s checkpoint directory '
+                    '(tokenizer.json or spiece.model) or tokenizer.json; its vocabulary hash is '
+                    'stored on the records, so FIRST students of that vocabulary accept them.')
 flags.DEFINE_boolean('carry_topk', True, 'HTTP top-k in the teacher\'s own tokenizer: carry '
                      'it onto the student vocabulary (data/cross_tokenizer.py).')
 flags.DEFINE_string('teacher_tokenizer', None, 'Name of the teacher tokenizer (manifest).')
@@ -116,8 +120,8 @@ def _given(names) -> dict:
 
 def _flags_header() -> str:
   """The command-line flags as gin comments (they override the bindings below)."""
-  names = dict.fromkeys(('backend',) + _GEN_FLAGS + _SAMPLING_FLAGS + _HTTP_FLAGS
-                        + _LOCAL_FLAGS + _CARRY_FLAGS + ('gin_file', 'gin_bindings'))
+  names = dict.fromkeys(('backend', 'teacher_vocabulary') + _GEN_FLAGS + _SAMPLING_FLAGS
+                        + _HTTP_FLAGS + _LOCAL_FLAGS + _CARRY_FLAGS + ('gin_file', 'gin_bindings'))
   lines = [f'#   --{n}={F[n].value!r}' for n in names if F[n].present]
   return '# Command-line flags (override the bindings below):\n' + '\n'.join(lines) + '\n\n'
 
@@ -125,7 +129,13 @@ def _flags_header() -> str:
 def build_backend(name: str):
   if name == 'openai':
     from distill_sbs.teacher.openai_backend import OpenAIBackend  # pylint: disable=g-import-not-at-top
-    return OpenAIBackend(**_given(_HTTP_FLAGS))
+    kwargs = _given(_HTTP_FLAGS)
+    if F.teacher_vocabulary:
+      from distill_sbs.data import hf_vocab  # pylint: disable=g-import-not-at-top
+      from distill_sbs.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+      kwargs['teacher_vocab_hash'] = vocab_lib.vocab_hash(
+          hf_vocab.load_hf_vocabulary(F.teacher_vocabulary))
+    return OpenAIBackend(**kwargs)
   from distill_sbs.teacher.local_t5 import LocalT5Backend  # pylint: disable=g-import-not-at-top
   return LocalT5Backend(**_given(_LOCAL_FLAGS))
 

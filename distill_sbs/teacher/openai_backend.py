@@ -162,7 +162,14 @@ def _completion_from_choice(choice: Any, chat: bool) -> Completion:
 @gin.configurable(module='distill_sbs.teacher')
 class OpenAIBackend:
   """`TeacherBackend` over an OpenAI-compatible server; chat-style prompts
-  (`Prompt.messages`) go to chat completions, text prompts to completions."""
+  (`Prompt.messages`) go to chat completions, text prompts to completions.
+
+  `teacher_vocab_hash` (`data.vocab.vocab_hash` of the served model's
+  vocabulary; `generate_rationales --teacher_vocabulary=DIR`) is stamped on
+  every record, so token-id top-k records (`logprob_token_ids`, vLLM) of a
+  teacher that shares the student's tokenizer pass the FIRST tasks' vocabulary
+  check; without it they carry no hash and are refused there.
+  """
   name = 'openai'
 
   def __init__(self, base_url: Optional[str] = None, model: Optional[str] = None, *,
@@ -170,7 +177,8 @@ class OpenAIBackend:
                timeout: float = 30.0,
                retry: Optional[RetryPolicy] = None, samples_via_n: bool = True,
                logprob_token_ids: bool = False,
-               extra_body: Optional[Mapping[str, Any]] = None, seed: int = 0):
+               extra_body: Optional[Mapping[str, Any]] = None, seed: int = 0,
+               teacher_vocab_hash: str = ''):
     if not base_url:
       raise ValueError('OpenAIBackend.base_url (--base_url) is required, e.g. '
                        'http://127.0.0.1:8000/v1')
@@ -188,6 +196,7 @@ class OpenAIBackend:
     self.retry = retry or RetryPolicy()  # gin-configured when bound
     self.samples_via_n = samples_via_n
     self.logprob_token_ids = logprob_token_ids
+    self.teacher_vocab_hash = teacher_vocab_hash or ''
     self.extra_body = dict(extra_body or {})
     if logprob_token_ids:  # vLLM: top-logprob tokens as 'token_id:N'.
       self.extra_body['return_tokens_as_token_ids'] = True
@@ -204,7 +213,7 @@ class OpenAIBackend:
     return os.environ.get(self.api_key_env, '') or NO_KEY
 
   def record_fields(self) -> dict:
-    return {}
+    return {'teacher_vocab_hash': self.teacher_vocab_hash} if self.teacher_vocab_hash else {}
 
   def describe(self) -> dict:
     """Manifest entry (never the key, only the variable's name)."""
