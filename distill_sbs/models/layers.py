@@ -165,8 +165,9 @@ class MultiHeadDotProductAttention(nn.Module):
   """T5X multi-head attention with its `cache` collection semantics.
 
   With `decode=True` the first call (no `cached_key` yet) only creates zeroed
-  `cached_key`/`cached_value` [batch, heads, head_dim, length] and
-  `cache_index`; later calls take one query position and append its key/value.
+  `cached_key`/`cached_value` [batch, length, heads, head_dim] (the layout
+  attention reads; T5X keeps [batch, heads, head_dim, length] for TPUs) and
+  `cache_index`; later calls take one query position and write its key/value.
   With `cross=True` (encoder-decoder attention) the projected encoder
   keys/values are computed on the first decoding step and then read back from
   the cache instead of being re-projected every step.
@@ -225,28 +226,28 @@ class MultiHeadDotProductAttention(nn.Module):
 
   def _self_attention_cache(self, query, key, value, mask, bias):
     is_initialized = self.has_variable('cache', 'cached_key')
-    swap = lambda s: s[:-3] + (s[-2], s[-1], s[-3])
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, swap(key.shape), key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, swap(value.shape),
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape,
                                  value.dtype)
     cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
     if not is_initialized:
       return key, value, mask, bias
-    batch, num_heads, head_dim, length = cached_key.value.shape
+    batch, length, num_heads, head_dim = cached_key.value.shape
     if query.shape != (batch, 1, num_heads, head_dim):
       raise ValueError(f'Autoregressive cache shape error: expected query shape '
                        f'{(batch, 1, num_heads, head_dim)}, got {query.shape}')
     cur = cache_index.value
-    # Write this position's key / value in place ([b, h, d, 1] at column cur).
+    # Write this position's key / value in place: the cache is kept in the
+    # [batch, length, heads, head_dim] layout attention reads, so no step
+    # transposes it.
     zero = jnp.zeros((), jnp.int32)
-    key = lax.dynamic_update_slice(cached_key.value, jnp.moveaxis(key, -3, -1),
-                                   (zero, zero, zero, cur))
-    value = lax.dynamic_update_slice(cached_value.value, jnp.moveaxis(value, -3, -1),
-                                     (zero, zero, zero, cur))
+    key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                   (zero, cur, zero, zero))
+    value = lax.dynamic_update_slice(cached_value.value,
+                                     value.astype(cached_value.value.dtype),
+                                     (zero, cur, zero, zero))
     cached_key.value, cached_value.value = key, value
     cache_index.value = cur + 1
-    key = jnp.moveaxis(key, -1, -3)  # [b, length, h, d]
-    value = jnp.moveaxis(value, -1, -3)
     causal = jnp.broadcast_to(jnp.arange(length) <= cur, (batch, 1, 1, length))
     mask = combine_masks(mask, causal)
     if bias is not None and bias.shape[-2] > 1:
@@ -257,18 +258,18 @@ class MultiHeadDotProductAttention(nn.Module):
 
   def _cached_cross_kv(self, inputs_kv, key_proj, value_proj):
     # Cache leaves: `cache_index` keeps T5X's `cache_map` from beam-expanding
-    # the flag; keys/values are [batch, heads, head_dim, kv_length] as T5X's.
+    # the flag; keys/values are [batch, kv_length, heads, head_dim], the layout
+    # attention reads (batch first, as T5X's cache_map expects).
     b, kv_len = inputs_kv.shape[0], inputs_kv.shape[1]
-    shape = (b, self.num_heads, self.head_dim, kv_len)
+    shape = (b, kv_len, self.num_heads, self.head_dim)
     is_initialized = self.has_variable('cache', 'cached_key')
     cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype)
     cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype)
     cache_index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
 
     def project(_):
-      k = jnp.moveaxis(key_proj(inputs_kv), 1, -1).astype(self.dtype)
-      v = jnp.moveaxis(value_proj(inputs_kv), 1, -1).astype(self.dtype)
-      return k, v
+      return (key_proj(inputs_kv).astype(self.dtype),
+              value_proj(inputs_kv).astype(self.dtype))
 
     if not is_initialized or self.is_initializing():
       k, v = project(None)
@@ -278,9 +279,7 @@ class MultiHeadDotProductAttention(nn.Module):
       cached_key.value, cached_value.value = k, v
       cache_index.value = cache_index.value + 1
     axes = ('batch', 'length', 'heads', 'kv')
-    key = nn.with_logical_constraint(jnp.moveaxis(k, -1, 1), axes)
-    value = nn.with_logical_constraint(jnp.moveaxis(v, -1, 1), axes)
-    return key, value
+    return nn.with_logical_constraint(k, axes), nn.with_logical_constraint(v, axes)
 
 
 def relative_position_bucket(relative_position, bidirectional: bool = True,
