@@ -152,3 +152,39 @@ def test_hf_checkpoint_trains_evaluates_exports(hf_dir, sbs_data_dir, tmp_path):
   init = models.load_hf_checkpoint(str(d))[1]
   assert not np.allclose(np.asarray(models.DecoderOnlyTransformer(cfg).apply(
       {'params': init}, batch, enable_dropout=False)), ours, atol=1e-4)
+
+
+@pytest.mark.parametrize('model_gin', ['qwen3/0_6b', 'llama/3_2_1b', 'gemma3/270m'])
+def test_real_size_gins_read_the_tokenizer_of_the_checkpoint(hf_dir, tmp_path, monkeypatch,
+                                                             model_gin):
+  """Training: INITIAL_CHECKPOINT_PATH alone selects the vocabulary (model and
+  tasks); evaluation / export: HF_TOKENIZER_PATH; neither: bytes."""
+  import gin  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+  from distill_sbs.data import hf_vocab  # pylint: disable=g-import-not-at-top
+  from distill_sbs.data import vocab  # pylint: disable=g-import-not-at-top
+  from distill_sbs.training import gin_utils  # pylint: disable=g-import-not-at-top
+  d = hf_dir[0]
+  for var in ('DISTILL_SBS_SPM_PATH', 'DISTILL_SBS_HF_TOKENIZER'):
+    monkeypatch.delenv(var, raising=False)
+  model = f't5x_configs/models/{model_gin}.gin'
+  train = [model, 'gin/runs/cpu.gin', 'gin/methods/sbs_llm.gin', 'gin/datasets/cqa.gin']
+  for files, bindings, want in (
+      (train, [f"INITIAL_CHECKPOINT_PATH = '{d}'"], d),
+      ([model, 't5x_configs/runs/eval.gin'], [f"HF_TOKENIZER_PATH = '{d}'"], d),
+      ([model, 't5x_configs/runs/export.gin'], [f"HF_TOKENIZER_PATH = '{d}'"], d),
+      (train, [], None)):
+    gin.clear_config()
+    vocab.reset_default_vocabulary()
+    try:
+      gin_utils.parse_gin(files, [f"MODEL_DIR = '{tmp_path}'", *bindings], check_required=False)
+      v = gin.query_parameter('%VOCABULARY').scoped_configurable_fn()
+      tasks_vocab = vocab.DEFAULT_VOCABULARY.resolved
+    finally:
+      gin.clear_config()
+      vocab.reset_default_vocabulary()
+    if want is None:
+      assert isinstance(v, seqio.ByteVocabulary)
+    else:
+      assert isinstance(v, hf_vocab.HfTokenizerVocabulary) and v.path == str(want)
+      assert tasks_vocab == v
