@@ -20,14 +20,15 @@ TRAIN_BATCH=${TRAIN_BATCH:-64}
 DECODE_BATCH=${DECODE_BATCH:-64}
 OUT=${OUT:-accelerator_results.jsonl}
 KERNEL=${ATTENTION_KERNEL:-jax}  # jax.nn.dot_product_attention (cuDNN where it applies)
+SCAN=${SCAN_LAYERS:+--scan_layers}  # SCAN_LAYERS=1: T5X's scan_layers (compile time)
 if ! "$PY" -c 'import gin' 2>/dev/null; then
   "$PY" -m pip install --no-index --no-deps --find-links "${GIN_WHEEL_DIR:-wheels}" gin-config
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 echo "== training (bf16 activations, fp32 parameters, Adafactor), ${SIZES}, 512 -> 114"
 timeout 420 "$PY" benchmarks/train_throughput.py --sizes="$SIZES" --dtype=bfloat16 \
-  --batch_size="$TRAIN_BATCH" --inputs=512 --targets=114 --steps="$STEPS" --attention_kernel="$KERNEL" --json="$OUT"
+  --batch_size="$TRAIN_BATCH" --inputs=512 --targets=114 --steps="$STEPS" --attention_kernel="$KERNEL" $SCAN --json="$OUT"
 echo "== greedy decoding, ${SIZES}, 512 -> 114"
 timeout 240 "$PY" benchmarks/decode_throughput.py --sizes="$SIZES" --dtype=bfloat16 \
-  --batch_size="$DECODE_BATCH" --inputs=512 --targets=114 --repeats=3 --attention_kernel="$KERNEL" --json="$OUT"
+  --batch_size="$DECODE_BATCH" --inputs=512 --targets=114 --repeats=3 --attention_kernel="$KERNEL" $SCAN --json="$OUT"
 echo "results: $OUT"

@@ -26,8 +26,10 @@ from train_throughput import SIZES, common_parser  # noqa: E402  pylint: disable
 
 
 def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, dtype: str,
-              repeats: int, attention_kernel: str = 'einsum') -> dict:
-  cfg = models.T5Config(**SIZES[size], dtype=dtype, attention_kernel=attention_kernel)
+              repeats: int, attention_kernel: str = 'einsum', scan_layers: bool = False
+              ) -> dict:
+  cfg = models.T5Config(**SIZES[size], dtype=dtype, attention_kernel=attention_kernel,
+                        scan_layers=scan_layers)
   rng = np.random.default_rng(0)
   enc = jnp.asarray(rng.integers(2, cfg.vocab_size, (batch_size, inputs)), jnp.int32)
   x = jnp.ones((1, 8), jnp.int32)
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
   for size in args.sizes.split(','):
     r = benchmark(size, batch_size=args.batch_size, inputs=args.inputs, targets=args.targets,
                   dtype=args.dtype, repeats=args.repeats,
-                  attention_kernel=args.attention_kernel)
+                  attention_kernel=args.attention_kernel, scan_layers=args.scan_layers)
     print(f"{r['size']:>6} {r['dtype']:>8} greedy decode {r['tokens_per_sec']:10.0f} tokens/s "
           f"({r['decode_s'] * 1e3:.0f} ms for {r['targets']} steps x {r['batch_size']}; "
           f"compile + first {r['compile_plus_first_s']:.1f} s; {r['device_kind']})", flush=True)

@@ -91,9 +91,11 @@ def synthetic_batch(batch: int, inputs: int, targets: int, vocab: int, seed: int
 
 
 def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, steps: int,
-              dtype: str, num_partitions: int = 1, attention_kernel: str = 'einsum') -> dict:
+              dtype: str, num_partitions: int = 1, attention_kernel: str = 'einsum',
+              scan_layers: bool = False, remat_policy: str = 'none') -> dict:
   cfg = dict(SIZES[size])
-  t5 = models.T5Config(**cfg, dtype=dtype, attention_kernel=attention_kernel)
+  t5 = models.T5Config(**cfg, dtype=dtype, attention_kernel=attention_kernel,
+                       scan_layers=scan_layers, remat_policy=remat_policy)
   vocab = None  # vocabularies are not used by the train step
   model = model_lib.EncoderDecoderModel(
       module=models.Transformer(t5), input_vocabulary=vocab, output_vocabulary=vocab,
@@ -121,6 +123,7 @@ def benchmark(size: str, *, batch_size: int, inputs: int, targets: int, steps: i
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return {
       'size': size, 'dtype': dtype, 'params': n_params, 'devices': jax.device_count(),
+      'scan_layers': scan_layers, 'remat_policy': remat_policy,
       'device_kind': jax.devices()[0].device_kind, 'batch_size': batch_size,
       'inputs': inputs, 'targets': targets, 'step_s': step_s, 'compile_s': compile_s,
       'tokens_per_sec': tokens / step_s, 'model_tflops_per_sec': flops / step_s / 1e12,
@@ -139,6 +142,9 @@ def common_parser(doc: str, *, sizes: str, batch_size: int, targets: int
   p.add_argument('--inputs', type=int, default=512)
   p.add_argument('--targets', type=int, default=targets)
   p.add_argument('--attention_kernel', default='einsum', choices=['einsum', 'jax'])
+  p.add_argument('--scan_layers', action='store_true',
+                 help="T5X's scan_layers: one nn.scan per stack (compile time)")
+  p.add_argument('--remat_policy', default='none', choices=['none', 'full', 'minimal'])
   p.add_argument('--json', default=None, help='append results as JSON lines here')
   return p
 
@@ -152,7 +158,9 @@ def main(argv=None) -> None:
     res = benchmark(size, batch_size=args.batch_size, inputs=args.inputs,
                     targets=args.targets, steps=args.steps, dtype=args.dtype,
                     num_partitions=args.num_partitions,
-                    attention_kernel=args.attention_kernel)
+                    attention_kernel=args.attention_kernel, scan_layers=args.scan_layers,
+                    remat_policy=args.remat_policy)
+    print(f"compile + first step {res['compile_s']:.1f} s", flush=True)
     print(f"{res['size']:>6} {res['dtype']:>8} {res['params'] / 1e6:8.1f}M params  "
           f"{res['tokens_per_sec']:10.0f} tokens/s  {res['step_s'] * 1e3:8.1f} ms/step  "
           f"MFU {100 * res['mfu']:5.1f}%  ({res['device_kind']}, {res['peak_source']})",
