@@ -203,3 +203,24 @@ def test_first_decoder_only_local_and_loopback(teacher_backend, sbs_data_dir, tm
       assert np.mean(curve[-3:]) < np.mean(curve[:3]) - 0.7, (name, key, curve)
     assert all(0 < r['decoder_slot_efficiency'] <= 1 for r in train)
     _check_packed_batch(model, task, records)
+
+
+def test_generate_rationales_teacher_vocabulary_flag(tmp_path):
+  """`--teacher_vocabulary=DIR` (HTTP): the records carry DIR's vocabulary hash."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from distill_sbs import generate_rationales  # pylint: disable=g-import-not-at-top
+  from distill_sbs.data import hf_vocab  # pylint: disable=g-import-not-at-top
+  from tests.data.test_hf_vocab import TEXTS, _train  # pylint: disable=g-import-not-at-top
+  _train(TEXTS).save(str(tmp_path / 'tokenizer.json'))
+  (tmp_path / 'config.json').write_text('{"eos_token_id": 300}')
+  want = vocab_lib.vocab_hash(hf_vocab.HfTokenizerVocabulary(str(tmp_path)))
+  f = flags.FLAGS
+  try:
+    f(['generate_rationales', '--base_url=http://127.0.0.1:9/v1', '--model=m',
+       '--logprob_token_ids', f'--teacher_vocabulary={tmp_path}'])
+    backend = generate_rationales.build_backend('openai')
+    assert backend.record_fields() == {'teacher_vocab_hash': want}
+    assert '--teacher_vocabulary=' in generate_rationales._flags_header()  # pylint: disable=protected-access
+  finally:
+    f.unparse_flags()  # back to unparsed defaults
+  assert openai_backend.OpenAIBackend('http://x/v1', 'm').record_fields() == {}
