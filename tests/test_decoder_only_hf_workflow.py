@@ -188,3 +188,13 @@ def test_real_size_gins_read_the_tokenizer_of_the_checkpoint(hf_dir, tmp_path, m
     else:
       assert isinstance(v, hf_vocab.HfTokenizerVocabulary) and v.path == str(want)
       assert tasks_vocab == v
+  # Started from a run directory (no tokenizer.json): the error names the macro.
+  gin.clear_config()
+  try:
+    gin_utils.parse_gin(train, [f"MODEL_DIR = '{tmp_path}'",
+                                f"INITIAL_CHECKPOINT_PATH = '{tmp_path}'"], check_required=False)
+    with pytest.raises(FileNotFoundError, match='no tokenizer.json.*HF_TOKENIZER_PATH'):
+      gin.query_parameter('%VOCABULARY').scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+    vocab.reset_default_vocabulary()

@@ -53,10 +53,18 @@ def get_vocabulary(spm_path: Optional[str] = None,
                        f'({spm_path!r}, {hf_tokenizer_path!r}); set one')
   if hf_tokenizer_path:
     path = os.path.expanduser(hf_tokenizer_path)
+    where = (f'from get_vocabulary.hf_tokenizer_path (the decoder-only model gins\' '
+             f'HF_TOKENIZER_PATH, in the real-size gins INITIAL_CHECKPOINT_PATH by default) '
+             f'or ${HF_TOKENIZER_ENV}')
     if not os.path.exists(path):
       raise FileNotFoundError(f'Hugging Face tokenizer directory not found: {path!r} '
-                              f'(from get_vocabulary.hf_tokenizer_path or '
-                              f'${HF_TOKENIZER_ENV})')
+                              f'({where})')
+    if os.path.isdir(path) and not os.path.isfile(
+        os.path.join(path, hf_vocab.TOKENIZER_FILE)):
+      raise FileNotFoundError(
+          f'{path!r} has no {hf_vocab.TOKENIZER_FILE} ({where}); a run directory or T5X '
+          'checkpoint brings no tokenizer: set HF_TOKENIZER_PATH to the Hugging Face '
+          'checkpoint directory the model started from')
     return hf_vocab.HfTokenizerVocabulary(path)
   if spm_path:
     path = os.path.expanduser(spm_path)
