@@ -198,3 +198,16 @@ def test_real_size_gins_read_the_tokenizer_of_the_checkpoint(hf_dir, tmp_path, m
   finally:
     gin.clear_config()
     vocab.reset_default_vocabulary()
+
+
+def test_model_gin_ids_must_match_the_checkpoint(hf_dir):
+  """Decoding stops at the gin's eos_ids while the tasks append the checkpoint's
+  EOS: a model gin whose special ids differ from config.json fails before training."""
+  from distill_sbs.training import config_checks  # pylint: disable=g-import-not-at-top
+  d, cfg, _ = hf_dir
+  config_checks.check_hf_config(str(d), cfg.replace(dtype='bfloat16'))
+  with pytest.raises(config_checks.ConfigError, match=r'eos_ids: \(\d+,\) in config.json, '
+                     r'\(1,\) in the model gin'):
+    config_checks.check_hf_config(str(d), cfg.replace(eos_ids=(1,)))
+  with pytest.raises(config_checks.ConfigError, match='pad_id'):
+    config_checks.check_hf_config(str(d), cfg.replace(pad_id=0))

@@ -10,7 +10,7 @@
   truncate; a target that would be cut (lose its end / EOS) or an input that
   would lose its task prefix fails unless `allow_truncation`.
 * `check_hf_config`: a Hugging Face `config.json` against the model gin's
-  `T5Config`, field by field.
+  `T5Config` (or `DecoderOnlyConfig`: shape and special ids), field by field.
 * `check_resume_config`: a resume whose model shape (the `T5Config` bindings)
   differs from the run's recorded `config.gin` fails listing the bindings.
 """
@@ -259,6 +259,12 @@ DECODER_ONLY_HF_FIELDS = ('model_type', 'vocab_size', 'emb_dim', 'num_heads', 'n
                           'logits_via_embedding', 'layer_types', 'sliding_window')
 
 
+# Special ids a decoder-only model gin must share with the checkpoint: decoding
+# stops at `eos_ids`, while the tasks' vocabulary (the checkpoint's
+# tokenizer.json) appends the checkpoint's EOS (not shape: resumes ignore them).
+DECODER_ONLY_ID_FIELDS = ('eos_ids', 'pad_id', 'bos_id')
+
+
 def check_hf_config(path: str, config: Any) -> None:
   """Raises `ConfigError` listing every field where `path`'s config.json and
   the model gin's `T5Config` (or `DecoderOnlyConfig`) differ (a tied HF head
@@ -273,7 +279,8 @@ def check_hf_config(path: str, config: Any) -> None:
     from distill_sbs.models import decoder_only_hf  # pylint: disable=g-import-not-at-top
     hf = decoder_only_hf.config_from_hf(hf_cfg, cfg_path)
     diffs = [f'{f}: {getattr(hf, f)!r} in config.json, {getattr(config, f)!r} in the model gin'
-             for f in DECODER_ONLY_HF_FIELDS if getattr(hf, f) != getattr(config, f)]
+             for f in DECODER_ONLY_HF_FIELDS + DECODER_ONLY_ID_FIELDS
+             if getattr(hf, f) != getattr(config, f)]
     if diffs:
       raise ConfigError(f'{cfg_path} does not match the model gin (DecoderOnlyConfig):\n  '
                         + '\n  '.join(diffs))
