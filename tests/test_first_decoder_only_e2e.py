@@ -13,8 +13,6 @@ refused by the FIRST task with `VocabularyMismatchError`); the HTTP records
 equal the local backend's; the packed decoder-only FIRST batch holds each
 record's top-k rows exactly on the positions predicting its target tokens (0
 elsewhere); the calibrated T reaches the loss; the loss falls.
-(tests/test_first_e2e_decoder_only_student.py: the same student on
-teacher-forced top-k records, without the backends.)
 """
 import os
 
