@@ -59,15 +59,18 @@ def test_rows_and_features():
 
 
 def test_packed_rows_by_hand():
-  """Rows are packed greedily in order; task ids travel with their tokens."""
+  """Rows are packed best-fit; a row is emitted once no example seen so far
+  fits (row 1's encoder is full; the last rationale leaves 1 decoder slot, less
+  than the shortest target seen, 2) and the open rest at the end; task ids
+  travel with their tokens."""
   b = _batch(pack=True, lengths={'inputs': 8, 'targets': 8})
   np.testing.assert_array_equal(b['decoder_target_tokens'], [
-      [9, 1, 3, 4, 5, 6, 1, 0], [10, 11, 1, 0, 0, 0, 0, 0],
-      [12, 13, 14, 15, 16, 17, 1, 0]])
+      [9, 1, 3, 4, 5, 6, 1, 0], [12, 13, 14, 15, 16, 17, 1, 0],
+      [10, 11, 1, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(b['decoder_task_ids'], [
-      [0, 0, 1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]])
+      [0, 0, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(b['decoder_segment_ids'], [
-      [1, 1, 2, 2, 2, 2, 2, 0], [1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 0]])
+      [1, 1, 2, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(b['decoder_positions'][0], [0, 1, 0, 1, 2, 3, 4, 0])
   np.testing.assert_array_equal(b['decoder_input_tokens'][0], [0, 9, 0, 3, 4, 5, 6, 0])
   np.testing.assert_array_equal(b['encoder_input_tokens'][0], [5, 6, 7, 1, 8, 6, 7, 1])
