@@ -23,10 +23,8 @@ from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from distill_sbs import models
-from distill_sbs.distill import losses as losses_lib
 from distill_sbs.training import model as model_lib
 
 Array = jnp.ndarray
@@ -37,10 +35,10 @@ _DECODER_FEATURES = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_l
                      'decoder_segment_ids', 'decoder_positions', 'decoder_causal_attention')
 
 
-class DecoderOnlyModel:
+class DecoderOnlyModel(model_lib.ModelBase):
   """A decoder-only LM for training, scoring and decoding.
 
-  Args as `EncoderDecoderModel`; `max_decode_length`: the number of tokens
+  Args as `model.ModelBase`; `max_decode_length`: the number of tokens
   `predict_batch` generates after each prompt (default: the batch's length,
   inputs + targets; generation stops early once every row has its EOS).
   """
@@ -52,30 +50,6 @@ class DecoderOnlyModel:
       k for k in _DECODER_FEATURES if k != 'decoder_segment_ids'),)
   SCORE_FEATURES = _DECODER_FEATURES
   SCORE_TRIM = PREDICT_TRIM
-
-  def __init__(self, module: nn.Module, input_vocabulary: Any, output_vocabulary: Any,
-               optimizer_def: Any, loss_fn: Optional[losses_lib.LossFn] = None,
-               decode_method: str = 'greedy',
-               decode_options: Optional[Mapping[str, Any]] = None,
-               feature_converter_cls: Optional[type] = None,
-               max_decode_length: Optional[int] = None):
-    from distill_sbs.training import optimizers  # pylint: disable=g-import-not-at-top
-    self.module = module
-    self.input_vocabulary = input_vocabulary
-    self.output_vocabulary = output_vocabulary
-    self.optimizer_def = optimizers.as_optimizer_def(optimizer_def)
-    self._loss_fn = loss_fn if loss_fn is not None else losses_lib.CrossEntropyLoss()
-    if decode_method not in ('greedy', 'sample', 'beam'):
-      raise ValueError(f"DecoderOnlyModel.decode_method must be 'greedy', 'sample' or "
-                       f"'beam', got {decode_method!r}")
-    self.decode_method = decode_method
-    self.decode_options = dict(decode_options or {})
-    self._converter_cls = feature_converter_cls
-    self.max_decode_length = max_decode_length
-
-  @property
-  def config(self) -> Any:
-    return getattr(self.module, 'config', None)
 
   # --------------------------------------------------------------------------
   # Feature converters (imported lazily: the train step imports no TensorFlow).

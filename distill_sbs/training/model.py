@@ -22,11 +22,12 @@ _PACKING_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_posi
                      'decoder_positions')
 
 
-class EncoderDecoderModel:
-  """A T5-style encoder-decoder model for training, scoring and decoding.
+class ModelBase:
+  """What the encoder-decoder and decoder-only models share: the network, the
+  vocabularies, the optimizer, the loss and the decoding settings.
 
   Args:
-    module: the flax network (`distill_sbs.models.Transformer`).
+    module: the flax network.
     input_vocabulary / output_vocabulary: seqio vocabularies.
     optimizer_def: an `optimizers.OptimizerDef` (or optax transformation).
     loss_fn: a `losses.LossFn`: (logits, batch) -> (loss, metrics); it gets the
@@ -34,14 +35,9 @@ class EncoderDecoderModel:
     decode_method: 'greedy' | 'sample' | 'beam' for `predict_batch`.
     decode_options: extra keyword options for `distill_sbs.models.generate`
       (e.g. `num_beams`, `temperature`, `topk`).
-    feature_converter_cls: overrides `FEATURE_CONVERTER_CLS` (e.g. the paired
-      α converter).
+    feature_converter_cls: the method's converter (e.g. the paired α converter).
     max_decode_length: default decode length when the batch has no targets.
   """
-
-  # None: the input pipeline's default, `data.feature_converters.EncDecFeatureConverter`
-  # (kept out of this module: the model and train step import no TensorFlow).
-  FEATURE_CONVERTER_CLS = None
 
   def __init__(self, module: nn.Module, input_vocabulary: Any,
                output_vocabulary: Any, optimizer_def: Any,
@@ -57,17 +53,30 @@ class EncoderDecoderModel:
     self.optimizer_def = optimizers.as_optimizer_def(optimizer_def)
     self._loss_fn = loss_fn if loss_fn is not None else losses_lib.CrossEntropyLoss()
     if decode_method not in ('greedy', 'sample', 'beam'):
-      raise ValueError(f"EncoderDecoderModel.decode_method must be 'greedy', 'sample' "
+      raise ValueError(f"{type(self).__name__}.decode_method must be 'greedy', 'sample' "
                        f"or 'beam', got {decode_method!r}")
     self.decode_method = decode_method
     self.decode_options = dict(decode_options or {})
-    if feature_converter_cls is not None:
-      self.FEATURE_CONVERTER_CLS = feature_converter_cls  # pylint: disable=invalid-name
+    self._converter_cls = feature_converter_cls
     self.max_decode_length = max_decode_length
 
   @property
   def config(self) -> Any:
     return getattr(self.module, 'config', None)
+
+
+class EncoderDecoderModel(ModelBase):
+  """A T5-style encoder-decoder model for training, scoring and decoding
+  (args: `ModelBase`; `feature_converter_cls` overrides `FEATURE_CONVERTER_CLS`)."""
+
+  # None: the input pipeline's default, `data.feature_converters.EncDecFeatureConverter`
+  # (kept out of this module: the model and train step import no TensorFlow).
+  FEATURE_CONVERTER_CLS = None
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    if self._converter_cls is not None:
+      self.FEATURE_CONVERTER_CLS = self._converter_cls  # pylint: disable=invalid-name
 
   # --------------------------------------------------------------------------
   # Initialisation and forward pass.
