@@ -208,3 +208,15 @@ def test_jax_attention_kernel_gives_the_same_numbers():
   tok_a, _ = models.generate(base, params, enc, max_decode_length=6)
   tok_b, _ = models.generate(fused, params, enc, max_decode_length=6)
   np.testing.assert_array_equal(np.asarray(tok_a), np.asarray(tok_b))
+
+
+def test_broadcast_batch_gradient_sums_over_the_batch():
+  """The relative-position bias is shared by the batch: its gradient is the sum
+  of the per-row gradients (computed as a dot with ones, see layers)."""
+  from distill_sbs.models import layers  # pylint: disable=g-import-not-at-top
+  bias = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(1, 2, 3, 4)  # [1, h, q, k]
+  w = jnp.arange(5 * 2 * 3 * 4, dtype=jnp.float32).reshape(5, 2, 3, 4) / 7.0
+  out = layers.broadcast_batch(bias, 5)
+  np.testing.assert_array_equal(out, np.broadcast_to(bias, (5, 2, 3, 4)))
+  g = jax.grad(lambda b: jnp.sum(layers.broadcast_batch(b, 5) * w))(bias)
+  np.testing.assert_allclose(g, np.asarray(w).sum(0, keepdims=True), rtol=1e-6)
