@@ -41,7 +41,7 @@ prefix and padding, where the loss weight is 0):
 
   ex: inputs [p, a, E]  targets [L, E]  rationale_inputs [e, a, E]
       rationale_targets [r, E]            (lengths inputs 4, targets 4 → 8)
-  pack=True (first-fit, `data.packing`; whole rows, here both in one):
+  pack=True (best fit, `data.packing`; whole rows, here both in one):
   decoder_input_tokens  [p, a, E, L, e, a, E, r]
   decoder_target_tokens [a, E, L, E, a, E, r, E]
   decoder_loss_weights  [0, 0, 1, 1, 0, 0, 1, 1]
@@ -127,7 +127,7 @@ class DecoderOnlyFeatureConverter(seqio.FeatureConverter):
   """Label rows `inputs ++ targets` for a decoder-only model (module docstring).
 
   Args:
-    pack: first-fit packing (`data.packing`, `num_bins` open rows) of whole
+    pack: best-fit packing (`data.packing`, `num_bins` open rows) of whole
       rows; else each row is padded to the model length.
     prefix_lm: emit `decoder_causal_attention` (bidirectional prefix).
   """

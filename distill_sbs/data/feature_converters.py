@@ -1,7 +1,7 @@
-"""Encoder-decoder feature converters that pack first-fit; the step-by-step one.
+"""Encoder-decoder feature converters that pack best fit; the step-by-step one.
 
 `EncDecFeatureConverter` is seqio's, packing with `data.packing.pack_dataset`
-(several open rows, first fit) instead of seqio's in-order packer; it is the
+(several open rows, vector best fit) instead of seqio's in-order packer; it is the
 project model's default converter, and the step-by-step and FIRST converters
 build on it.
 
@@ -38,7 +38,7 @@ pack=False (each row padded):
   decoder_loss_weights  [[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], …]    [4, 6]
   decoder_task_ids      [[0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], …]    [4, 6]
 
-pack=True (first-fit packing; here rows in order happen to fit):
+pack=True (best-fit packing; here rows in order happen to fit):
 
   encoder_input_tokens  [[p, a, 1, e, a, 1, 0, 0], [p, b, 1, e, b, 1, 0, 0]]
   encoder_segment_ids   [[1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 2, 2, 2, 0, 0]]
@@ -78,7 +78,7 @@ def _row(inputs: tf.Tensor, targets: tf.Tensor, task_id: int) -> dict[str, tf.Te
 
 
 class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
-  """seqio's `EncDecFeatureConverter` with first-fit packing (`data.packing`).
+  """seqio's `EncDecFeatureConverter` with best-fit packing (`data.packing`).
 
   Same features, segment ids and positions as seqio's; rows are fuller.
   `num_bins` open rows are kept while packing.

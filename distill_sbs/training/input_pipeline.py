@@ -51,7 +51,7 @@ def converter_class(cls: Optional[Any], model: Any) -> Any:
   """The converter class a run uses: `cls` (a method's binding, may be None)
   through the model's `converter_for` when it has one (decoder-only models map
   encoder-decoder converters to theirs), else `cls`, the model's
-  FEATURE_CONVERTER_CLS, or seqio's EncDec with first-fit packing."""
+  FEATURE_CONVERTER_CLS, or seqio's EncDec with best-fit packing."""
   mapper = getattr(model, 'converter_for', None)
   if mapper is not None:
     return mapper(cls)
