@@ -6,7 +6,8 @@ Same config, same random weights (the PyTorch model is saved and loaded with
   * training step: forward + backward + Adafactor update (optax.adafactor vs
     transformers' Adafactor), target tokens / second;
   * the project's `Trainer.train_step` on the same model and batch (its
-    overhead over the bare step is printed: shardings, metrics, loss_fn);
+    overhead over the bare step is printed: shardings, metrics, loss_fn; the
+    medians of `--overhead_rounds` steps of each, timed alternately);
   * greedy generation with a key/value cache: generated tokens / second
     (the two produce the same tokens, which is checked).
 
@@ -69,6 +70,18 @@ def timed(fn, steps: int) -> tuple[float, float]:
   for _ in range(steps):
     fn()
   return first, (time.perf_counter() - t0) / steps
+
+
+def interleaved_medians(fns, rounds: int) -> list[float]:
+  """Median seconds per call of each (already compiled) fn, calls interleaved
+  round by round so that a slow spell of the machine hits all of them."""
+  times = [[] for _ in fns]
+  for _ in range(rounds):
+    for t, fn in zip(times, fns):
+      t0 = time.perf_counter()
+      fn()
+      t.append(time.perf_counter() - t0)
+  return [float(np.median(t)) for t in times]
 
 
 def jax_train_step(config, params, inputs, targets):
@@ -150,6 +163,8 @@ def main():
   parser.add_argument('--target_length', type=int, default=32)
   parser.add_argument('--train_steps', type=int, default=3)
   parser.add_argument('--generate_runs', type=int, default=2)
+  parser.add_argument('--overhead_rounds', type=int, default=20,
+                      help='bare / Trainer steps timed alternately (medians)')
   args = parser.parse_args()
 
   hf = build_torch(args.size).eval()
@@ -172,8 +187,13 @@ def main():
   _, theirs = timed(torch_train_step(build_torch(args.size), inputs, targets),
                     args.train_steps)
   rows.append(('train step (fwd+bwd+Adafactor)', n_target / ours, n_target / theirs, first))
-  bare = ours
-  first, full = timed(trainer_step(config, params, inputs, targets), args.train_steps)
+  bare_fn = jax_train_step(config, params, inputs, targets)
+  full_fn = trainer_step(config, params, inputs, targets)
+  t0 = time.perf_counter()
+  full_fn()
+  first = time.perf_counter() - t0
+  bare_fn()
+  bare, full = interleaved_medians([bare_fn, full_fn], args.overhead_rounds)
   rows.append(('Trainer.train_step (same model)', n_target / full, n_target / theirs, first))
 
   length = args.target_length
@@ -201,7 +221,8 @@ def main():
   for name, a, b, first in rows:
     print(f'{name:34s} {a:12.1f} {b:12.1f} {a / b:7.2f} {first:16.2f}')
   print(f'generated tokens identical: {same} ({n_gen} tokens)')
-  print(f'Trainer step overhead over the bare jit step: {full / bare - 1:+.1%}')
+  print(f'Trainer step overhead over the bare jit step: {full / bare - 1:+.1%} '
+        f'(medians of {args.overhead_rounds} alternating steps)')
 
 
 if __name__ == '__main__':
