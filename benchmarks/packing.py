@@ -2,7 +2,7 @@
 
   python benchmarks/packing.py [--datasets=cqa,svamp,esnli,anli1] [--rows=2000]
       [--steps=12] [--throughput=cqa,esnli] [--packed_lengths=512,192] [--demo]
-      [--json=out.json]
+      [--demo_packed_lengths='72,40;160,40'] [--json=out.json]
 
 Prepares the first `--rows` rows of each dataset from ../shared/data/sbs (the
 paper's data) into a temporary directory, then, on the paired step-by-step
@@ -135,11 +135,14 @@ def throughput(ds: str, *, batch_rows: int = 16, steps: int = 12, t5=None,
   return out
 
 
-def demo_throughput(data_dir: str, *, steps: int = 12) -> dict:
+def demo_throughput(data_dir: str, *, steps: int = 12,
+                    packed_lengths: tuple[int, int] | None = None) -> dict:
   """The demo's e-SNLI setting (`make demo`): its 2,000-piece SentencePiece
   vocabulary trained on the training text, its tiny T5 (d_model 128, 2+2
   layers), its lengths 72 / 40 and its step-by-step batch of 64 rows, padded
-  (the demo's PACK=False) against packed at the same lengths and rows."""
+  (the demo's PACK=False) against packed rows, at the same lengths or at
+  `packed_lengths` (rows sized to the data: 72 / 40 rows hold 1-2 pieces and
+  leave two thirds of the target slots empty), same rows."""
   import pathlib as _pathlib  # pylint: disable=g-import-not-at-top
   from distill_sbs import models  # pylint: disable=g-import-not-at-top
   from distill_sbs.data import vocab  # pylint: disable=g-import-not-at-top
@@ -158,7 +161,8 @@ def demo_throughput(data_dir: str, *, steps: int = 12) -> dict:
   lengths = (cfg.input_length, cfg.target_length)
   try:
     out = throughput('esnli', batch_rows=2 * cfg.batch_size, steps=steps, t5=t5,
-                     layouts=(('padded', lengths, False), ('packed', lengths, True)))
+                     layouts=(('padded', lengths, False),
+                              ('packed', tuple(packed_lengths or lengths), True)))
   finally:
     del os.environ[vocab.SPM_PATH_ENV]
     vocab.reset_default_vocabulary()
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
                  help='inputs,targets of the packed rows instead of the gin files\'')
   p.add_argument('--demo', action='store_true',
                  help="also time the demo's e-SNLI setting (SentencePiece, 72/40, 64 rows)")
+  p.add_argument('--demo_packed_lengths', default='72,40',
+                 help='inputs,targets of the packed demo rows; several as 72,40;160,40')
   p.add_argument('--json', default=None)
   args = p.parse_args(argv)
   os.chdir(REPO)
@@ -203,11 +209,13 @@ def main(argv=None) -> int:
           f"{t['padded']['real_target_tokens_per_s']:.0f} ({t['padded']['step_s'] * 1e3:.0f} ms/step)"
           f", packed {t['packed']['real_target_tokens_per_s']:.0f} "
           f"({t['packed']['step_s'] * 1e3:.0f} ms/step): {t['ratio']:.2f}x", flush=True)
-  if args.demo:
-    t = demo_throughput(os.environ['DISTILL_SBS_DATA_DIR'], steps=args.steps)
+  for packed in (args.demo_packed_lengths.split(';') if args.demo else ()):
+    lengths = tuple(int(x) for x in packed.split(','))
+    t = demo_throughput(os.environ['DISTILL_SBS_DATA_DIR'], steps=args.steps,
+                        packed_lengths=lengths)
     results.append(t)
-    print(f"demo e-SNLI real target tokens/s at {t['batch_rows']} rows, 72/40: padded "
-          f"{t['padded']['real_target_tokens_per_s']:.0f}, packed "
+    print(f"demo e-SNLI real target tokens/s at {t['batch_rows']} rows: padded 72/40 "
+          f"{t['padded']['real_target_tokens_per_s']:.0f}, packed {lengths[0]}/{lengths[1]} "
           f"{t['packed']['real_target_tokens_per_s']:.0f}: {t['ratio']:.2f}x", flush=True)
   if args.json:
     with open(args.json, 'a', encoding='utf-8') as f:
