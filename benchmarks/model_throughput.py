@@ -183,16 +183,15 @@ def main():
         f'{torch.get_num_threads()} threads, {os.cpu_count()} CPUs')
 
   rows = []
-  first, ours = timed(jax_train_step(config, params, inputs, targets), args.train_steps)
+  bare_fn = jax_train_step(config, params, inputs, targets)
+  first, ours = timed(bare_fn, args.train_steps)
   _, theirs = timed(torch_train_step(build_torch(args.size), inputs, targets),
                     args.train_steps)
   rows.append(('train step (fwd+bwd+Adafactor)', n_target / ours, n_target / theirs, first))
-  bare_fn = jax_train_step(config, params, inputs, targets)
   full_fn = trainer_step(config, params, inputs, targets)
   t0 = time.perf_counter()
   full_fn()
   first = time.perf_counter() - t0
-  bare_fn()
   bare, full = interleaved_medians([bare_fn, full_fn], args.overhead_rounds)
   rows.append(('Trainer.train_step (same model)', n_target / full, n_target / theirs, first))
 
