@@ -1,7 +1,7 @@
 """`Trainer`: the jitted, mesh-sharded train and evaluation steps."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -67,11 +67,19 @@ class Trainer:
     skip_nonfinite_updates: a step whose loss or gradient norm is not finite
       leaves parameters and optimizer state unchanged (the step counter still
       advances) and reports `nonfinite_skipped` = 1.
+    donate_state: the train step reuses the incoming state's buffers for the new
+      state (T5X's `donate_argnums`), so a step holds one copy of parameters and
+      optimizer state. None (default): donate on accelerators, not on CPU, where
+      XLA:CPU copies every donated parameter at the start of the step (its copy
+      insertion keeps the parameter for the reads before the in-place update):
+      ~5% of a T5 mini step (`benchmarks/model_throughput.py`), and host memory
+      is not what limits a CPU run. Same numbers either way.
   """
 
   def __init__(self, model, mesh: Mesh, rules: partitioning.LogicalAxisRules,
                input_shapes: Mapping[str, tuple], *, num_microbatches: int = 1,
-               seed: int = 0, skip_nonfinite_updates: bool = False):
+               seed: int = 0, skip_nonfinite_updates: bool = False,
+               donate_state: Optional[bool] = None):
     self.model = model
     self.mesh = mesh
     self.rules = list(rules)
@@ -86,10 +94,13 @@ class Trainer:
     self.abstract_state, self.state_shardings = ts_lib.state_shardings(
         model, self.input_shapes, mesh, self.rules)
     self.batch_sharding = partitioning.data_sharding(mesh)
+    if donate_state is None:
+      donate_state = mesh.devices.flat[0].platform != 'cpu'
+    self.donate_state = bool(donate_state)
     self._train_step = jax.jit(self._train_step_fn,
                                in_shardings=(self.state_shardings, self.batch_sharding),
                                out_shardings=(self.state_shardings, None),
-                               donate_argnums=(0,))
+                               donate_argnums=(0,) if self.donate_state else ())
     self._eval_step = jax.jit(self._eval_step_fn,
                               in_shardings=(self.state_shardings.params, self.batch_sharding))
 

@@ -90,3 +90,29 @@ def test_restore_onto_another_mesh(tmp_path, batches, reference):
   ref, got = _flat(state.params), _flat(restored.params)
   for k in ref:
     np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_donating_the_state_gives_the_same_numbers(batches, reference):
+  """CPU default: no donation (XLA:CPU would copy every donated parameter);
+  donate_state=True reuses the incoming buffers; same losses and parameters."""
+  ref_losses, ref_state, tr = reference
+  assert tr.donate_state is False  # the suite runs on CPU
+  model = helpers.tiny_model(**SMALL)
+  mesh = partitioning.create_mesh(partitioning.MeshConfig(mesh_shape=(1, 1)),
+                                  jax.devices()[:1])
+  tr2 = trainer_lib.Trainer(model, mesh, partitioning.standard_logical_axis_rules(),
+                            helpers.input_shapes(batches[0]), donate_state=True)
+  state, got_losses = tr2.init_state(), []
+  for b in batches:
+    old = state
+    state, metrics = tr2.train_step(state, tr2.shard_batch(b))
+    got_losses.append(float(metrics['loss']))
+    assert all(x.is_deleted() for x in jax.tree.leaves(old.params))  # buffers reused
+  np.testing.assert_array_equal(got_losses, ref_losses)
+  ref, got = _flat(ref_state.params), _flat(state.params)
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k])
+  # Without donation the caller's state stays readable after the step.
+  old = tr.init_state()
+  tr.train_step(old, tr.shard_batch(batches[0]))
+  assert not any(x.is_deleted() for x in jax.tree.leaves(old.params))

@@ -172,3 +172,21 @@ def test_cli_dispatch(capsys):
   with pytest.raises(SystemExit) as e:
     cli.main(['distill-sbs', '--help'])
   assert e.value.code == 0 and 'train' in capsys.readouterr().out
+
+
+def test_token_accuracy_is_argmax_accuracy_with_ties():
+  """`first_argmax` is `jnp.argmax` (the first maximum), ties included."""
+  from distill_sbs.training import model as model_lib
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 3, (4, 6, 5)).astype(np.float32)  # many ties
+  logits[0, 0] = 7.0                                          # all tied: index 0
+  logits[1, 1] = [-np.inf, 2, 2, -np.inf, 1]
+  np.testing.assert_array_equal(model_lib.first_argmax(jnp.asarray(logits)),
+                                np.argmax(logits, axis=-1))
+  targets = rng.integers(1, 5, (4, 6)).astype(np.int32)
+  targets[0, 0], targets[1, 1] = 0, 2
+  weights = (rng.random((4, 6)) > 0.3).astype(np.float32)
+  got = model_lib.token_accuracy_sums(jnp.asarray(logits), {
+      'decoder_target_tokens': targets, 'decoder_loss_weights': weights})
+  assert float(got['correct_tokens']) == np.sum((np.argmax(logits, -1) == targets) & (weights > 0))
+  assert float(got['real_tokens']) == weights.sum()
