@@ -55,10 +55,6 @@ NEG_INF = -1e10
 default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 
 
-def _param(module, name, init, shape, dtype, axes):
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
-
-
 class Dense(nn.Module):
   """x @ kernel [in, out] (+ bias [out])."""
   features: int
@@ -69,11 +65,11 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = _param(self, 'kernel', default_kernel_init, (x.shape[-1], self.features),
+    kernel = layers.param(self, 'kernel', default_kernel_init, (x.shape[-1], self.features),
                     self.param_dtype, self.kernel_axes)
     y = jnp.dot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
     if self.use_bias:
-      bias = _param(self, 'bias', nn.initializers.zeros, (self.features,),
+      bias = layers.param(self, 'bias', nn.initializers.zeros, (self.features,),
                     self.param_dtype, self.kernel_axes[-1:])
       y = y + jnp.asarray(bias, self.dtype)
     return y
@@ -90,7 +86,7 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
-    scale = _param(self, 'scale', init, (x.shape[-1],), self.param_dtype, (self.axis_name,))
+    scale = layers.param(self, 'scale', init, (x.shape[-1],), self.param_dtype, (self.axis_name,))
     x = jnp.asarray(x, jnp.float32)
     y = x * lax.rsqrt(jnp.mean(lax.square(x), axis=-1, keepdims=True) + self.epsilon)
     w = jnp.asarray(scale, jnp.float32)

@@ -220,3 +220,19 @@ def test_broadcast_batch_gradient_sums_over_the_batch():
   np.testing.assert_array_equal(out, np.broadcast_to(bias, (5, 2, 3, 4)))
   g = jax.grad(lambda b: jnp.sum(layers.broadcast_batch(b, 5) * w))(bias)
   np.testing.assert_allclose(g, np.asarray(w).sum(0, keepdims=True), rtol=1e-6)
+
+
+def test_a_parameter_of_the_wrong_shape_is_named():
+  """Apply reads existing parameters directly (no initialiser re-evaluation)
+  but still checks each one's shape, naming its path."""
+  from flax import errors as flax_errors
+  params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                        nn.meta.unbox(init_shapes(TINY)['params']))
+  x, y = jnp.ones((1, 5), jnp.int32), jnp.ones((1, 3), jnp.int32)
+  out = jax.eval_shape(lambda p: models.Transformer(TINY).apply(
+      {'params': p}, x, y, y, enable_dropout=False), params)
+  assert out.shape == (1, 3, 64)
+  params['encoder']['layers_1']['mlp']['wo']['kernel'] = jnp.zeros((25, 16))
+  with pytest.raises(flax_errors.ScopeParamShapeError,
+                     match=r"(?s)kernel.*/encoder/layers_1/mlp/wo.*shape \(24, 16\).*shape \(25, 16\)"):
+    models.Transformer(TINY).apply({'params': params}, x, y, y, enable_dropout=False)
