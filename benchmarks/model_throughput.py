@@ -11,6 +11,9 @@ Same config, same random weights (the PyTorch model is saved and loaded with
   * greedy generation with a key/value cache: generated tokens / second
     (the two produce the same tokens, which is checked).
 
+Each row also prints our first call (compile + one call) and its compile time
+(the first call less one steady call).
+
     python benchmarks/model_throughput.py                 # 'mini', ~1 min on 2 cores
     python benchmarks/model_throughput.py --size small    # T5 v1.1 Small
 """
@@ -187,13 +190,15 @@ def main():
   first, ours = timed(bare_fn, args.train_steps)
   _, theirs = timed(torch_train_step(build_torch(args.size), inputs, targets),
                     args.train_steps)
-  rows.append(('train step (fwd+bwd+Adafactor)', n_target / ours, n_target / theirs, first))
+  rows.append(('train step (fwd+bwd+Adafactor)', n_target / ours, n_target / theirs, first,
+               first - ours))
   full_fn = trainer_step(config, params, inputs, targets)
   t0 = time.perf_counter()
   full_fn()
   first = time.perf_counter() - t0
   bare, full = interleaved_medians([bare_fn, full_fn], args.overhead_rounds)
-  rows.append(('Trainer.train_step (same model)', n_target / full, n_target / theirs, first))
+  rows.append(('Trainer.train_step (same model)', n_target / full, n_target / theirs, first,
+               first - full))
 
   length = args.target_length
   out = {}
@@ -213,12 +218,14 @@ def main():
   _, theirs = timed(torch_gen, args.generate_runs)
   same = np.array_equal(out['ours'], out['torch'])
   n_gen = int((out['ours'] > 0).sum())
-  rows.append(('greedy generation (KV cache)', n_gen / ours, n_gen / theirs, first))
+  rows.append(('greedy generation (KV cache)', n_gen / ours, n_gen / theirs, first,
+               first - ours))
 
   print(f'{"benchmark":34s} {"ours tok/s":>12s} {"torch tok/s":>12s} {"ratio":>7s} '
-        f'{"ours 1st call s":>16s}')
-  for name, a, b, first in rows:
-    print(f'{name:34s} {a:12.1f} {b:12.1f} {a / b:7.2f} {first:16.2f}')
+        f'{"ours 1st call s":>16s} {"compile s":>10s}')
+  # compile s: the first call less one steady call (tracing + XLA compilation).
+  for name, a, b, first, compile_s in rows:
+    print(f'{name:34s} {a:12.1f} {b:12.1f} {a / b:7.2f} {first:16.2f} {compile_s:10.2f}')
   print(f'generated tokens identical: {same} ({n_gen} tokens)')
   print(f'Trainer step overhead over the bare jit step: {full / bare - 1:+.1%} '
         f'(medians of {args.overhead_rounds} alternating steps)')
