@@ -186,20 +186,14 @@ def dot_product_attention(query: Array, key: Array, value: Array,
   weights = jnp.einsum('bqhd,bkhd->bhqk', query, key)  # [b, h, q, k]
   if bias is not None:
     weights = weights + bias.astype(weights.dtype)
-  # Softmax with the normalisation applied to the [b, q, h, d] output rather
-  # than to the [b, h, q, k] weights: one pass less over the largest tensor.
-  top = lax.stop_gradient(jnp.max(weights, axis=-1, keepdims=True))
-  weights = jnp.exp(weights - top)
-  denom = jnp.sum(weights, axis=-1)                       # [b, h, q]
-  weights = weights.astype(dtype)
+  weights = jax.nn.softmax(weights).astype(dtype)
   if not deterministic and dropout_rate > 0.0:
     keep_prob = 1.0 - dropout_rate
     shape = list(weights.shape)
     shape[-2] = 1
     keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
     weights = weights * (keep.astype(dtype) / jnp.asarray(keep_prob, dtype))
-  out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)   # [b, q, h, d]
-  return (out / jnp.transpose(denom, (0, 2, 1))[..., None].astype(out.dtype)).astype(dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
 
 
 class MultiHeadDotProductAttention(nn.Module):
