@@ -65,12 +65,12 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = layers.param(self, 'kernel', default_kernel_init, (x.shape[-1], self.features),
-                    self.param_dtype, self.kernel_axes)
+    kernel = layers.param(self, 'kernel', default_kernel_init,
+                          (x.shape[-1], self.features), self.param_dtype, self.kernel_axes)
     y = jnp.dot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
     if self.use_bias:
       bias = layers.param(self, 'bias', nn.initializers.zeros, (self.features,),
-                    self.param_dtype, self.kernel_axes[-1:])
+                          self.param_dtype, self.kernel_axes[-1:])
       y = y + jnp.asarray(bias, self.dtype)
     return y
 
@@ -86,7 +86,8 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
-    scale = layers.param(self, 'scale', init, (x.shape[-1],), self.param_dtype, (self.axis_name,))
+    scale = layers.param(self, 'scale', init, (x.shape[-1],), self.param_dtype,
+                         (self.axis_name,))
     x = jnp.asarray(x, jnp.float32)
     y = x * lax.rsqrt(jnp.mean(lax.square(x), axis=-1, keepdims=True) + self.epsilon)
     w = jnp.asarray(scale, jnp.float32)

@@ -45,7 +45,6 @@ def param(module: nn.Module, name: str, init: Initializer, shape, dtype,
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
-
 class DenseGeneral(nn.Module):
   """Bias-free linear map over `axis`; the kernel is stored 2-D as in T5X."""
   features: int | tuple[int, ...]
@@ -63,8 +62,8 @@ class DenseGeneral(nn.Module):
     axis = tuple(a if a >= 0 else inputs.ndim + a for a in axis)
     in_shape = tuple(inputs.shape[a] for a in axis)
     kernel = param(self, 'kernel', self.kernel_init,
-                    (int(np.prod(in_shape)), int(np.prod(features))),
-                    self.param_dtype, self.kernel_axes)
+                   (int(np.prod(in_shape)), int(np.prod(features))),
+                   self.param_dtype, self.kernel_axes)
     kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
     contract = tuple(range(len(axis)))
     return lax.dot_general(inputs, kernel, ((axis, contract), ((), ())))
@@ -81,8 +80,8 @@ class Embed(nn.Module):
 
   def setup(self):
     self.embedding = param(self, 'embedding', self.embedding_init,
-                            (self.num_embeddings, self.features), self.param_dtype,
-                            ('vocab', 'embed'))
+                           (self.num_embeddings, self.features), self.param_dtype,
+                           ('vocab', 'embed'))
 
   def __call__(self, inputs: Array) -> Array:
     if not jnp.issubdtype(inputs.dtype, jnp.integer):
@@ -108,7 +107,7 @@ class LayerNorm(nn.Module):
     mean2 = jnp.mean(lax.square(x), axis=-1, keepdims=True)
     y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
     scale = param(self, 'scale', nn.initializers.ones, (x.shape[-1],),
-                   self.param_dtype, ('embed',))
+                  self.param_dtype, ('embed',))
     return y * jnp.asarray(scale, self.dtype)
 
 
@@ -365,8 +364,8 @@ class RelativePositionBiases(nn.Module):
                                        num_buckets=self.num_buckets,
                                        max_distance=self.max_distance, xp=xp)
     table = param(self, 'rel_embedding', self.embedding_init,
-                   (self.num_heads, self.num_buckets), self.param_dtype,
-                   ('heads', 'relpos_buckets'))
+                  (self.num_heads, self.num_buckets), self.param_dtype,
+                  ('heads', 'relpos_buckets'))
     values = jnp.take(jnp.asarray(table, self.dtype), jnp.asarray(buckets), axis=1)
     return values[jnp.newaxis]  # [1, h, qlen | 1, klen]
 
