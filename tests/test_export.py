@@ -41,13 +41,17 @@ def test_export_cli_writes_a_directory_transformers_loads(tmp_path):
   dec_in = np.pad(targets[:, :-1], ((0, 0), (1, 0)))  # shifted right, 0 = start
   ours = models.Transformer(TINY).apply(
       {'params': params}, enc, dec_in, targets, enable_dropout=False)  # [b, l, v]
-  with torch.no_grad():
-    theirs = hf(input_ids=torch.tensor(enc, dtype=torch.long),
-                attention_mask=torch.tensor(enc > 0, dtype=torch.long),
-                decoder_input_ids=torch.tensor(dec_in, dtype=torch.long)).logits.numpy()
-  # Compare at real target positions (HF has no decoder padding mask).
-  np.testing.assert_allclose(np.asarray(ours)[0], theirs[0], atol=1e-4)
-  np.testing.assert_allclose(np.asarray(ours)[1, :2], theirs[1, :2], atol=1e-4)
+  with torch.no_grad():  # float64: the exported weights' exact logits
+    theirs = hf.double()(input_ids=torch.tensor(enc, dtype=torch.long),
+                         attention_mask=torch.tensor(enc > 0, dtype=torch.long),
+                         decoder_input_ids=torch.tensor(dec_in, dtype=torch.long)).logits.numpy()
+  # Compare at real target positions (HF has no decoder padding mask). These
+  # random weights amplify rounding ~40x (residual activations reach ~70, logits
+  # ~8): transformers' own float32 forward differs from its float64 one by up to
+  # 1.4e-4 (seed 4), so float32 agreement is asserted at 3e-4 (4e-5 relative);
+  # a wrong mapping or transpose is off by whole units.
+  np.testing.assert_allclose(np.asarray(ours)[0], theirs[0], atol=3e-4)
+  np.testing.assert_allclose(np.asarray(ours)[1, :2], theirs[1, :2], atol=3e-4)
 
 
 def test_export_requires_its_macros(tmp_path):
