@@ -173,8 +173,8 @@ def _softmax_attention(query: Array, key: Array, value: Array, bias: Array,
   tensor kept for the backward pass), numerator (e * keep) v and denominator
   sum(e) as one product with a ones column appended to v when there is no dropout,
   out = numerator / denominator. Backward (as FlashAttention): with P = e / sum,
-  dlogits = P * (keep * dout v^T - D), D = rowsum(dout * out) [b, q, h], so no
-  pass reduces over the [b, h, q, k] tensors; dv = (P * keep)^T dout. Memory-bound
+  dlogits = P * (keep * dout v^T - D), D = rowsum(dout * out) [b, q, h] (a sum over
+  d, not over k as autodiff's rowsum(P * dP)); dv = (P * keep)^T dout. Memory-bound
   on CPU, this makes ~6 passes over [b, h, q, k] fewer than autodiff of
   `jax.nn.softmax` (normalise, its saved broadcast, the backward's row sums).
   """
@@ -256,7 +256,7 @@ def dot_product_attention(query: Array, key: Array, value: Array,
     # One mask per key, shared by the queries (T5X's broadcast dropout).
     mask = jax.random.bernoulli(dropout_rng, keep_prob, (b, h, 1, key.shape[1]))
     keep = mask.astype(dtype) / jnp.asarray(keep_prob, dtype)
-  return _softmax_attention(query, key, value.astype(dtype), bias, keep).astype(dtype)
+  return _softmax_attention(query, key, value.astype(dtype), bias, keep)  # [b, q, h, d]
 
 
 class MultiHeadDotProductAttention(nn.Module):
