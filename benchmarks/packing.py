@@ -61,27 +61,41 @@ def _gin_lengths(ds: str) -> tuple[int, int]:
   return m['TASK_FEATURE_LENGTHS']['inputs'], m['TASK_FEATURE_LENGTHS']['targets']
 
 
-def _rows(ds: str, lengths, pack: bool, limit: int):
+BLOCKS: dict[str, int] = {}  # --encoder_block_length overrides
+
+
+def _gin_block(ds: str) -> int:
+  """The dataset part's ENCODER_BLOCK_LENGTH (0 when it sets none)."""
+  if ds in BLOCKS:
+    return BLOCKS[ds]
+  from distill_sbs.training import gin_macros  # pylint: disable=g-import-not-at-top
+  m = gin_macros.read_macros(['gin/runs/cpu.gin', 'gin/methods/sbs_llm.gin',
+                              f'gin/datasets/{ds}.gin'])
+  return int(m.get('ENCODER_BLOCK_LENGTH', 0) or 0)
+
+
+def _rows(ds: str, lengths, pack: bool, limit: int, block: int = 0):
   """The first `limit` rows of the training stream as the trainer reads it
-  (shuffled, repeated: packing in steady state, no end-of-data rows)."""
+  (shuffled, repeated: packing in steady state, no end-of-data rows); packed
+  inputs in `block`-token blocks when block > 0."""
   import seqio  # pylint: disable=g-import-not-at-top
   from distill_sbs.data import feature_converters  # pylint: disable=g-import-not-at-top
   d = seqio.get_dataset(f'sbs_{ds}_paired_llm',
                         task_feature_lengths={'inputs': lengths[0], 'targets': lengths[1]},
                         dataset_split='train', shuffle=True, seed=0, num_epochs=None,
                         feature_converter=feature_converters.PairedEncDecFeatureConverter(
-                            pack=pack))
+                            pack=pack, encoder_block_length=block if pack else 0))
   return list(itertools.islice(d.as_numpy_iterator(), limit))
 
 
 def efficiency(ds: str, num_rows: int = 1500) -> dict:
   out = {'dataset': ds}
-  for name, lengths, pack in (('padded', OLD_LENGTHS[ds], False),
-                              ('packed', _gin_lengths(ds), True)):
-    rows = _rows(ds, lengths, pack, num_rows)
+  for name, lengths, pack, block in (('padded', OLD_LENGTHS[ds], False, 0),
+                                     ('packed', _gin_lengths(ds), True, _gin_block(ds))):
+    rows = _rows(ds, lengths, pack, num_rows, block)
     enc = np.stack([r['encoder_input_tokens'] for r in rows])
     dec = np.stack([r['decoder_target_tokens'] for r in rows])
-    out[name] = {'lengths': list(lengths), 'rows': len(rows),
+    out[name] = {'lengths': list(lengths), 'rows': len(rows), 'encoder_block_length': block,
                  'encoder_slot_efficiency': float((enc > 0).mean()),
                  'decoder_slot_efficiency': float((dec > 0).mean()),
                  'target_tokens': int((dec > 0).sum())}
@@ -91,8 +105,9 @@ def efficiency(ds: str, num_rows: int = 1500) -> dict:
 def throughput(ds: str, *, batch_rows: int = 16, steps: int = 12, t5=None,
                layouts=None) -> dict:
   """Real target tokens/s of the Trainer step on real batches of each layout
-  ((name, (inputs, targets) lengths, pack) triples; default: the old padded
-  rows against the dataset part's packed rows), same model and batch rows."""
+  ((name, (inputs, targets) lengths, pack, encoder block length); default:
+  the old padded rows against the dataset part's packed rows), same model
+  (but for its `encoder_block_length`, not a parameter) and batch rows."""
   import jax  # pylint: disable=g-import-not-at-top
   from distill_sbs import models  # pylint: disable=g-import-not-at-top
   from distill_sbs.distill import losses  # pylint: disable=g-import-not-at-top
@@ -103,18 +118,19 @@ def throughput(ds: str, *, batch_rows: int = 16, steps: int = 12, t5=None,
   t5 = t5 or models.T5Config(vocab_size=384, emb_dim=64, num_heads=4, head_dim=16,
                              num_encoder_layers=2, num_decoder_layers=2, mlp_dim=128,
                              dtype='float32')
-  model = model_lib.EncoderDecoderModel(
-      module=models.Transformer(t5), input_vocabulary=None, output_vocabulary=None,
-      optimizer_def=optimizers.adafactor(optimizers.constant(1e-3)),
-      loss_fn=losses.StepByStepLoss())
   mesh_cfg = partitioning.MeshConfig(num_partitions=1)
   mesh = partitioning.create_mesh(mesh_cfg)
   out = {'dataset': ds, 'batch_rows': batch_rows, 'steps': steps}
-  layouts = layouts or (('padded', OLD_LENGTHS[ds], False),
-                        ('packed', _gin_lengths(ds), True))
+  layouts = layouts or (('padded', OLD_LENGTHS[ds], False, 0),
+                        ('packed', _gin_lengths(ds), True, _gin_block(ds)))
   runs = {}
-  for name, lengths, pack in layouts:
-    rows = _rows(ds, lengths, pack, limit=batch_rows * (steps + 1))
+  for name, lengths, pack, block in layouts:
+    model = model_lib.EncoderDecoderModel(
+        module=models.Transformer(t5.replace(encoder_block_length=block)),
+        input_vocabulary=None, output_vocabulary=None,
+        optimizer_def=optimizers.adafactor(optimizers.constant(1e-3)),
+        loss_fn=losses.StepByStepLoss())
+    rows = _rows(ds, lengths, pack, limit=batch_rows * (steps + 1), block=block)
     batches = [{k: np.stack([r[k] for r in rows[i:i + batch_rows]]) for k in rows[0]}
                for i in range(0, batch_rows * (steps + 1), batch_rows)]
     tr = trainer_lib.Trainer(model, mesh, mesh_cfg.logical_axis_rules(),
@@ -125,7 +141,8 @@ def throughput(ds: str, *, batch_rows: int = 16, steps: int = 12, t5=None,
     jax.block_until_ready(m)
     runs[name] = {'trainer': tr, 'state': state, 'batches': batches[1:],
                   'sharded': [tr.shard_batch(b) for b in batches[1:]],
-                  'compile_s': time.perf_counter() - t0, 'times': [], 'lengths': lengths}
+                  'compile_s': time.perf_counter() - t0, 'times': [], 'lengths': lengths,
+                  'block': block}
   # The layouts' steps alternate, so a slow spell of the machine hits both.
   for i in range(steps):
     for r in runs.values():
@@ -136,7 +153,8 @@ def throughput(ds: str, *, batch_rows: int = 16, steps: int = 12, t5=None,
   for name, r in runs.items():
     step_s = float(np.median(r['times']))
     real = np.mean([int((b['decoder_target_tokens'] > 0).sum()) for b in r['batches']])
-    out[name] = {'lengths': list(r['lengths']), 'step_s': step_s, 'compile_s': r['compile_s'],
+    out[name] = {'lengths': list(r['lengths']), 'encoder_block_length': r['block'],
+                 'step_s': step_s, 'compile_s': r['compile_s'],
                  'real_target_tokens_per_s': float(real / step_s),
                  'decoder_slot_efficiency': float(np.mean(
                      [(b['decoder_target_tokens'] > 0).mean() for b in r['batches']]))}
@@ -170,13 +188,18 @@ def demo_throughput(data_dir: str, *, steps: int = 12,
   lengths = (cfg.input_length, cfg.target_length)
   try:
     out = throughput('esnli', batch_rows=2 * cfg.batch_size, steps=steps, t5=t5,
-                     layouts=(('padded', lengths, False),
-                              ('packed', tuple(packed_lengths or lengths), True)))
+                     layouts=(('padded', lengths, False, 0),
+                              ('packed', tuple(packed_lengths or lengths), True, 0)))
   finally:
     del os.environ[vocab.SPM_PATH_ENV]
     vocab.reset_default_vocabulary()
   out['dataset'] = 'esnli (demo setting)'
   return out
+
+
+def _blocks(r: dict) -> str:
+  n = r.get('encoder_block_length')
+  return f', encoder blocks of {n}' if n else ''
 
 
 def main(argv=None) -> int:
@@ -189,6 +212,9 @@ def main(argv=None) -> int:
   p.add_argument('--throughput', default='cqa,esnli', help='datasets to time ("" none)')
   p.add_argument('--packed_lengths', default='',
                  help='inputs,targets of the packed rows instead of the gin files\'')
+  p.add_argument('--encoder_block_length', type=int, default=None,
+                 help="packed inputs' block length instead of the gin files' "
+                      'ENCODER_BLOCK_LENGTH (0: whole rows)')
   p.add_argument('--demo', action='store_true',
                  help="also time the demo's e-SNLI setting (SentencePiece, 72/40, 64 rows)")
   p.add_argument('--demo_packed_lengths', default='72,40',
@@ -200,6 +226,8 @@ def main(argv=None) -> int:
   if args.packed_lengths:
     lengths = tuple(int(x) for x in args.packed_lengths.split(','))
     PACKED_LENGTHS.update({ds: lengths for ds in datasets})
+  if args.encoder_block_length is not None:
+    BLOCKS.update({ds: args.encoder_block_length for ds in datasets})
   os.environ['DISTILL_SBS_DATA_DIR'] = _prepare(datasets, args.rows)
   import distill_sbs.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   results = []
@@ -209,15 +237,16 @@ def main(argv=None) -> int:
     print(f"{ds:6s} slots enc/dec: padded {e['padded']['encoder_slot_efficiency']:.3f}/"
           f"{e['padded']['decoder_slot_efficiency']:.3f} at {e['padded']['lengths']}, "
           f"packed {e['packed']['encoder_slot_efficiency']:.3f}/"
-          f"{e['packed']['decoder_slot_efficiency']:.3f} at {e['packed']['lengths']}",
-          flush=True)
+          f"{e['packed']['decoder_slot_efficiency']:.3f} at {e['packed']['lengths']}"
+          f"{_blocks(e['packed'])}", flush=True)
   for ds in filter(None, args.throughput.split(',')):
     t = throughput(ds, steps=args.steps)
     results.append(t)
     print(f"{ds:6s} real target tokens/s at 16 rows: padded "
           f"{t['padded']['real_target_tokens_per_s']:.0f} ({t['padded']['step_s'] * 1e3:.0f} ms/step)"
           f", packed {t['packed']['real_target_tokens_per_s']:.0f} "
-          f"({t['packed']['step_s'] * 1e3:.0f} ms/step): {t['ratio']:.2f}x", flush=True)
+          f"({t['packed']['step_s'] * 1e3:.0f} ms/step{_blocks(t['packed'])}): "
+          f"{t['ratio']:.2f}x", flush=True)
   for packed in (args.demo_packed_lengths.split(';') if args.demo else ()):
     lengths = tuple(int(x) for x in packed.split(','))
     t = demo_throughput(os.environ['DISTILL_SBS_DATA_DIR'], steps=args.steps,

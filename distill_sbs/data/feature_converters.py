@@ -81,19 +81,26 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
   """seqio's `EncDecFeatureConverter` with best-fit packing (`data.packing`).
 
   Same features, segment ids and positions as seqio's; rows are fuller.
-  `num_bins` open rows are kept while packing.
+  `num_bins` open rows are kept while packing. `encoder_block_length` n > 0
+  keeps each example's inputs inside one n-token block of the packed row
+  (inputs trimmed to n), for a model that attends per block
+  (`T5Config.encoder_block_length`; the input pipeline passes the model's):
+
+    inputs 8, block 4:  [a a a 0 | b b c 0]   segment ids [1 1 1 0 | 2 2 3 0]
   """
 
   def __init__(self, pack: bool = True, num_bins: int = packing.DEFAULT_NUM_BINS,
-               **kwargs):
+               encoder_block_length: int = 0, **kwargs):
     self.num_bins = int(num_bins)
+    self.encoder_block_length = int(encoder_block_length)
     super().__init__(pack=pack, **kwargs)
 
   def _pack_or_pad(self, ds: tf.data.Dataset, packed_lengths: Mapping[str, int]
                    ) -> tf.data.Dataset:
     if not self.pack:
       return super()._pack_or_pad(ds, packed_lengths)
-    return packing.pack_dataset(ds, packed_lengths, self.num_bins)
+    blocks = {'inputs': self.encoder_block_length} if self.encoder_block_length else None
+    return packing.pack_dataset(ds, packed_lengths, self.num_bins, blocks)
 
 
 @gin.configurable

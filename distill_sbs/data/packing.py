@@ -32,7 +32,8 @@ examples inside a row, and of rows, is deterministic given the input order.
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+import itertools
+from typing import Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -44,75 +45,132 @@ DEFAULT_NUM_BINS = 128
 
 
 class _Row:
-  """One open packed row: the pieces of each feature."""
+  """One open packed row: its examples and, per blocked feature, their blocks."""
 
-  def __init__(self, keys):
-    self.pieces = {k: [] for k in keys}
+  def __init__(self):
+    self.pieces: list[tuple[tuple[int, ...], Mapping[str, np.ndarray]]] = []
 
-  def add(self, ex: Mapping[str, np.ndarray]) -> None:
-    for k in self.pieces:
-      self.pieces[k].append(ex[k])
+  def add(self, ex: Mapping[str, np.ndarray], blocks: tuple[int, ...]) -> None:
+    self.pieces.append((blocks, ex))
 
-  def emit(self, lengths: Mapping[str, int], dtypes: Mapping[str, np.dtype]
-           ) -> dict[str, np.ndarray]:
+  def emit(self, lengths: Mapping[str, int], dtypes: Mapping[str, np.dtype],
+           block_lengths: Mapping[str, int]) -> dict[str, np.ndarray]:
+    # Examples ordered by block (stable), so segment ids increase along every
+    # feature; without blocks this is the order they came in.
+    pieces = sorted(self.pieces, key=lambda p: p[0])
     out = {}
     for k, n in lengths.items():
-      values = np.zeros((n,) + self.pieces[k][0].shape[1:], dtypes[k])
+      values = np.zeros((n,) + pieces[0][1][k].shape[1:], dtypes[k])
       seg = np.zeros(n, np.int32)
       pos = np.zeros(n, np.int32)
-      at = 0
-      for i, piece in enumerate(self.pieces[k], 1):
-        m = len(piece)
-        values[at:at + m] = piece
+      width = block_lengths.get(k, n)
+      fill = [j * width for j in range(n // width)]  # next free slot per block
+      for i, (blocks, ex) in enumerate(pieces, 1):
+        j = blocks[list(block_lengths).index(k)] if k in block_lengths else 0
+        m, at = len(ex[k]), fill[j]
+        values[at:at + m] = ex[k]
         seg[at:at + m] = i
         pos[at:at + m] = np.arange(m)
-        at += m
+        fill[j] += m
       out[k], out[f'{k}_segment_ids'], out[f'{k}_positions'] = values, seg, pos
     return out
 
 
+def check_block_lengths(lengths: Mapping[str, int],
+                        block_lengths: Mapping[str, int]) -> None:
+  for k, b in block_lengths.items():
+    if k not in lengths:
+      raise ValueError(f'block_lengths names feature {k!r}, which is not packed '
+                       f'(packed features: {sorted(lengths)})')
+    if b <= 0 or lengths[k] % b:
+      raise ValueError(f'block length {b} of feature {k!r} must be positive and divide '
+                       f'its packed length {lengths[k]}')
+
+
 def pack_examples(examples: Iterator[Mapping[str, np.ndarray]],
                   lengths: Mapping[str, int], dtypes: Mapping[str, np.dtype],
-                  num_bins: int = DEFAULT_NUM_BINS) -> Iterator[dict[str, np.ndarray]]:
-  """Vector best-fit packing of trimmed examples into rows (module docstring)."""
+                  num_bins: int = DEFAULT_NUM_BINS,
+                  block_lengths: Optional[Mapping[str, int]] = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """Vector best-fit packing of trimmed examples into rows (module docstring).
+
+  `block_lengths` {feature: b}: that feature's row is cut into blocks of b
+  slots and each example's piece lies inside one block (the example picks its
+  block as it picks its row: the best cosine over (row, block)); pieces are
+  trimmed to b. A model can then attend within blocks (`T5Config.
+  encoder_block_length`) and give the same numbers as over whole rows.
+  """
+  block_lengths = dict(block_lengths or {})
+  check_block_lengths(lengths, block_lengths)
   keys = list(lengths)
-  cap = np.array([lengths[k] for k in keys], np.float64)  # [features]
+  blocked = list(block_lengths)
+  # Columns: one per (feature, block); an unblocked feature is one block.
+  width = {k: block_lengths.get(k, lengths[k]) for k in keys}
+  cols = [(k, j) for k in keys for j in range(lengths[k] // width[k])]
+  cap = np.array([width[k] for k, _ in cols], np.float64)  # [columns]
+  col_of = {c: i for i, c in enumerate(cols)}
+  per_key = np.array([[c[0] == k for c in cols] for k in keys], np.float64)  # [keys, cols]
+  choices = list(itertools.product(*(range(lengths[k] // width[k]) for k in blocked)))
   rows: list[_Row] = []
-  used = np.zeros((0, len(keys)), np.float64)  # [open rows, features] tokens used
-  smallest = None  # [features] the shortest example seen so far, per feature
+  used = np.zeros((0, len(cols)), np.float64)  # [open rows, columns] tokens used
+  smallest = None  # [keys] the shortest example seen so far, per feature
+
+  def size_of(length, blocks):  # the example's tokens per column
+    size = np.zeros(len(cols))
+    for k in keys:
+      size[col_of[(k, blocks[blocked.index(k)] if k in block_lengths else 0)]] = length[k]
+    return size
+
+  def fullness(u):  # [rows, columns] -> [rows]: sum over features of mean fill
+    return ((u / cap) @ per_key.T / per_key.sum(axis=1)).sum(axis=1)
+
   for ex in examples:
-    ex = {k: np.asarray(ex[k])[:n] for k, n in lengths.items()}
-    size = np.array([len(ex[k]) for k in keys], np.float64)
-    fits = np.all(used + size <= cap, axis=1)  # [open rows]
-    if fits.any():
-      # The open row whose free space (fractions) best aligns with the example.
-      free = 1.0 - used / cap  # [open rows, features]
-      cosine = (free @ (size / cap)) / (np.linalg.norm(free, axis=1) + 1e-9)
-      i = int(np.argmax(np.where(fits, cosine, -np.inf)))
-    else:
+    ex = {k: np.asarray(ex[k])[:width[k]] for k in keys}
+    length = {k: len(ex[k]) for k in keys}
+    best = None  # (cosine, row, blocks, size)
+    for blocks in choices:
+      size = size_of(length, blocks)  # [columns]
+      fits = np.all(used + size <= cap, axis=1)  # [open rows]
+      if fits.any():
+        # The open row whose free space (fractions) best aligns with the example.
+        free = 1.0 - used / cap  # [open rows, columns]
+        cosine = (free @ (size / cap)) / (np.linalg.norm(free, axis=1) + 1e-9)
+        cosine = np.where(fits, cosine, -np.inf)
+        i = int(np.argmax(cosine))
+        if best is None or cosine[i] > best[0]:
+          best = (cosine[i], i, blocks, size)
+    if best is None:
       if len(rows) >= num_bins:
-        fullest = int(np.argmax((used / cap).sum(axis=1)))
-        yield rows.pop(fullest).emit(lengths, dtypes)
+        fullest = int(np.argmax(fullness(used)))
+        yield rows.pop(fullest).emit(lengths, dtypes, block_lengths)
         used = np.delete(used, fullest, axis=0)
-      rows.append(_Row(keys))
-      used = np.concatenate([used, np.zeros((1, len(keys)))])
-      i = len(rows) - 1
-    rows[i].add(ex)
+      rows.append(_Row())
+      used = np.concatenate([used, np.zeros((1, len(cols)))])
+      i, blocks = len(rows) - 1, choices[0]
+      size = size_of(length, blocks)
+    else:
+      _, i, blocks, size = best
+    rows[i].add(ex, blocks)
     used[i] += size
-    smallest = size if smallest is None else np.minimum(smallest, size)
-    if np.any(cap - used[i] < smallest):
-      # Closed: no example seen so far would fit any more; emit it now (rows
-      # come out as soon as they are full, not when the pool is).
-      yield rows.pop(i).emit(lengths, dtypes)
+    sizes = np.array([length[k] for k in keys], np.float64)
+    smallest = sizes if smallest is None else np.minimum(smallest, sizes)
+    # Closed: no example seen so far would fit any more (in any block); emit
+    # it now (rows come out as soon as they are full, not when the pool is).
+    most_free = np.array([np.max(np.where(per_key[n] > 0, cap - used[i], -1))
+                          for n in range(len(keys))])  # [keys]
+    if np.any(most_free < smallest):
+      yield rows.pop(i).emit(lengths, dtypes, block_lengths)
       used = np.delete(used, i, axis=0)
   for row in rows:
-    yield row.emit(lengths, dtypes)
+    yield row.emit(lengths, dtypes, block_lengths)
 
 
 def pack_dataset(ds: tf.data.Dataset, lengths: Mapping[str, int],
-                 num_bins: int = DEFAULT_NUM_BINS) -> tf.data.Dataset:
+                 num_bins: int = DEFAULT_NUM_BINS,
+                 block_lengths: Optional[Mapping[str, int]] = None) -> tf.data.Dataset:
   """`pack_examples` over a dataset of variable-length examples (features in
   `lengths`; others are dropped, as seqio's packer drops them)."""
+  check_block_lengths(lengths, dict(block_lengths or {}))
   spec = ds.element_spec
   missing = [k for k in lengths if k not in spec]
   if missing:
@@ -127,5 +185,6 @@ def pack_dataset(ds: tf.data.Dataset, lengths: Mapping[str, int],
   only = ds.map(lambda ex: {k: ex[k] for k in lengths})
 
   def gen():
-    yield from pack_examples(only.as_numpy_iterator(), lengths, dtypes, num_bins)
+    yield from pack_examples(only.as_numpy_iterator(), lengths, dtypes, num_bins,
+                             block_lengths)
   return tf.data.Dataset.from_generator(gen, output_signature=out_spec)

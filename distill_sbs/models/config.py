@@ -114,8 +114,17 @@ class T5Config(ModelConfigBase):
   # T5X's name: run each stack's layers under one `nn.scan` (compile time does
   # not grow with depth); parameters stack on a leading 'layers' axis.
   scan_layers: bool = False
+  # Packed encoder rows whose segments lie inside blocks of this many tokens
+  # (`data.packing` with block_lengths={'inputs': n}, which the input pipeline
+  # asks for when this is set): the encoder attends per block, the same
+  # numbers at a fraction of the [length, length] attention. 0: whole rows.
+  # Applies only to packed batches (those with encoder segment ids).
+  encoder_block_length: int = 0
 
   def __post_init__(self):
+    if int(self.encoder_block_length) < 0:
+      raise ValueError(f'T5Config.encoder_block_length must be >= 0 (0: whole rows), '
+                       f'got {self.encoder_block_length!r}')
     acts = self.mlp_activations
     if isinstance(acts, str):
       acts = (acts,)

@@ -286,14 +286,31 @@ class Transformer(nn.Module):
     if encoder_input_tokens.ndim != 2:
       raise ValueError(f'encoder_input_tokens must be [batch, length], got shape '
                        f'{encoder_input_tokens.shape}')
-    dtype = cfg.activation_dtype
-    mask = layers.make_attention_mask(encoder_input_tokens > 0, encoder_input_tokens > 0,
-                                      dtype=dtype)
-    if encoder_segment_ids is not None:
+    block = int(cfg.encoder_block_length)
+    if not block or encoder_segment_ids is None:
+      return self._encode_rows(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    # Packed rows whose segments lie inside blocks (data.packing): the encoder
+    # is position-wise but for attention, so running it on the blocks as rows
+    # is attention within blocks, its mask and relative-position bias built
+    # at [block, block].
+    batch, length = encoder_input_tokens.shape
+    if length % block:
+      raise ValueError(f'T5Config.encoder_block_length={block} does not divide the '
+                       f'encoder length {length}')
+    encoded = self._encode_rows(encoder_input_tokens.reshape(-1, block),  # [b·n, block]
+                                encoder_segment_ids.reshape(-1, block), enable_dropout)
+    return encoded.reshape(batch, length, -1)  # [b, length, emb]
+
+  def _encode_rows(self, tokens: Array, segment_ids: Optional[Array],
+                   enable_dropout: bool) -> Array:
+    """[rows, len] tokens (whole attention spans) -> [rows, len, emb]."""
+    dtype = self.config.activation_dtype
+    mask = layers.make_attention_mask(tokens > 0, tokens > 0, dtype=dtype)
+    if segment_ids is not None:
       mask = layers.combine_masks(
-          mask, layers.make_attention_mask(encoder_segment_ids, encoder_segment_ids,
-                                           jnp.equal, dtype=dtype), dtype=dtype)
-    return self.encoder(encoder_input_tokens, mask, deterministic=not enable_dropout)
+          mask, layers.make_attention_mask(segment_ids, segment_ids, jnp.equal, dtype=dtype),
+          dtype=dtype)
+    return self.encoder(tokens, mask, deterministic=not enable_dropout)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array,
              decoder_input_tokens: Array, decoder_target_tokens: Array,

@@ -59,8 +59,43 @@ def converter_class(cls: Optional[Any], model: Any) -> Any:
           or feature_converters.EncDecFeatureConverter)
 
 
+def encoder_block_length(model: Any) -> int:
+  """The model's `encoder_block_length` (0: none, or no such field)."""
+  return int(getattr(getattr(model, 'config', None), 'encoder_block_length', 0) or 0)
+
+
+def check_encoder_blocks(batch: Mapping[str, Any], block: int) -> None:
+  """Raises when a packed encoder segment crosses a `block`-token boundary
+  (attention per block would cut it; `T5Config.encoder_block_length`)."""
+  seg = batch.get('encoder_segment_ids')
+  if not block or seg is None:
+    return
+  seg = np.asarray(seg)  # [batch, length]
+  left, right = seg[:, block - 1:-1:block], seg[:, block::block]  # [batch, blocks - 1]
+  bad = np.argwhere((left == right) & (right > 0))
+  if len(bad):
+    r, j = bad[0]
+    raise ValueError(
+        f'encoder segment {int(right[r, j])} of batch row {int(r)} crosses the block '
+        f'boundary at position {(int(j) + 1) * block} (T5Config.encoder_block_length='
+        f'{block}): pack with the same block length (the input pipeline does), or set '
+        f'encoder_block_length = 0')
+
+
 def feature_converter(cfg: DatasetConfig, model: Any) -> seqio.FeatureConverter:
-  return converter_class(cfg.feature_converter_cls, model)(pack=cfg.pack)
+  """The run's converter; packed rows keep the encoder blocks the model
+  attends within (`T5Config.encoder_block_length`)."""
+  cls = converter_class(cfg.feature_converter_cls, model)
+  block = encoder_block_length(model)
+  if not (cfg.pack and block):
+    return cls(pack=cfg.pack)
+  try:
+    return cls(pack=True, encoder_block_length=block)
+  except TypeError as e:
+    raise ValueError(
+        f'T5Config.encoder_block_length={block} needs a converter that packs in '
+        f'blocks (data.feature_converters.EncDecFeatureConverter and its subclasses); '
+        f'{getattr(cls, "__name__", cls)} does not: {e}') from e
 
 
 def get_dataset(cfg: DatasetConfig, model: Any, *, num_epochs: Optional[int] = None,

@@ -157,6 +157,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
       _status(f'initialised parameters from {initial_checkpoint_path}')
   start = int(jax.device_get(state.step))
   data_iter = make_iter(position)
+  block = input_pipeline.encoder_block_length(model) if train_dataset_cfg.pack else 0
 
   logger = metrics_logging.MetricsLogger(model_dir, total_steps, start, progress_bar,
                                          resume_step=start)
@@ -188,6 +189,7 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
     signals.__enter__()
     for step in range(start, total_steps):
       batch = next(data_iter)
+      input_pipeline.check_encoder_blocks(batch, block)
       logger.count_tokens(count_tokens(batch) * jax.process_count())
       state, metrics = trainer.train_step(state, trainer.shard_batch(batch))
       if guard and pending is not None:
@@ -231,12 +233,15 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
 def _check_config(model: Any, cfg: input_pipeline.DatasetConfig, allow_truncation: bool,
                   num_examples: int) -> None:
   """The training data's configuration checks (see `config_checks`)."""
-  del model
   config_checks.check_paired_batch(cfg.mixture_or_task_name, cfg.batch_size,
                                    jax.process_count(), bool(cfg.pack))
   input_pipeline.import_task_module(cfg.module)
+  lengths = dict(cfg.task_feature_lengths or {})
+  block = input_pipeline.encoder_block_length(model) if cfg.pack else 0
+  if block and 'inputs' in lengths:  # packed inputs are trimmed to one block
+    lengths['inputs'] = min(int(lengths['inputs']), block)
   config_checks.check_lengths(
-      cfg.mixture_or_task_name, cfg.task_feature_lengths, split=cfg.split,
+      cfg.mixture_or_task_name, lengths, split=cfg.split,
       num_examples=num_examples, allow_truncation=allow_truncation,
       use_cached=cfg.use_cached, report=_status)
 

@@ -67,8 +67,8 @@ OBJECTIVES = {
 }
 
 
-def _all_rows(kind, cls, pack):
-  ds = cls(pack=pack)(_dataset(_examples(kind)), LENGTHS)
+def _all_rows(kind, cls, pack, **kwargs):
+  ds = cls(pack=pack, **kwargs)(_dataset(_examples(kind)), LENGTHS)
   rows = list(ds.as_numpy_iterator())
   return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
 
@@ -80,15 +80,15 @@ def _sequences(batch):
   return [tuple(row[s == i]) for row, s in zip(tgt, seg) for i in range(1, s.max() + 1)]
 
 
-def _loss_and_grads(params, batch, loss_fn):
+def _loss_and_grads(params, batch, loss_fn, cfg=CFG):
   model = model_lib.EncoderDecoderModel.__new__(model_lib.EncoderDecoderModel)
-  model.module = Transformer(CFG)
+  model.module = Transformer(cfg)
 
   def f(p):
     logits = model.compute_logits(p, batch)
     loss, metrics = loss_fn(logits, batch)
     return loss, metrics
-  (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(params)
+  (loss, metrics), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
   return loss, metrics, grads
 
 
@@ -117,6 +117,44 @@ def test_packed_equals_padded(name):
     for key in ('label_loss', 'rationale_loss', 'label_tokens', 'rationale_tokens'):
       np.testing.assert_allclose(float(m_a[key]), float(m_b[key]), rtol=1e-5)
     assert float(m_a['rationale_tokens']) > float(m_a['label_tokens']) > 0
+
+
+@pytest.mark.parametrize('name', ['paired_sbs', 'first'])
+def test_block_packed_equals_padded(name):
+  """Encoder blocks (`T5Config.encoder_block_length`, packing with
+  `encoder_block_length`): attention per block gives the padded numbers."""
+  from distill_sbs.training import input_pipeline  # pylint: disable=g-import-not-at-top
+  kind, cls, loss_fn = OBJECTIVES[name]
+  block = LENGTHS['inputs'] // 2
+  blocked_cfg = CFG.replace(encoder_block_length=block)
+  padded = _all_rows(kind, cls, pack=False)
+  blocked = _all_rows(kind, cls, pack=True, encoder_block_length=block)
+  whole = _all_rows(kind, cls, pack=True)
+  assert sorted(_sequences(padded)) == sorted(_sequences(blocked))
+  input_pipeline.check_encoder_blocks(blocked, block)  # no segment crosses a block
+  with pytest.raises(ValueError, match='crosses the block boundary at position 12'):
+    input_pipeline.check_encoder_blocks(whole, block)  # whole-row packing does
+  seg = np.asarray(blocked['encoder_segment_ids'])
+  assert (np.diff(seg, axis=1)[seg[:, 1:] > 0] >= 0).all()  # ids increase along rows
+  x = padded['encoder_input_tokens'][:1]
+  params = Transformer(CFG).init(jax.random.PRNGKey(0), x, padded['decoder_input_tokens'][:1],
+                                 padded['decoder_target_tokens'][:1], enable_dropout=False)
+  params = jax.tree_util.tree_map(lambda v: v.unbox() if hasattr(v, 'unbox') else v,
+                                  params['params'], is_leaf=lambda v: hasattr(v, 'unbox'))
+  loss_a, m_a, g_a = _loss_and_grads(params, padded, loss_fn)
+  loss_b, m_b, g_b = _loss_and_grads(params, blocked, loss_fn, blocked_cfg)
+  np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5, atol=1e-6)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_a),
+                          jax.tree_util.tree_leaves(g_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+  for key in m_a:
+    np.testing.assert_allclose(float(m_a[key]), float(m_b[key]), rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+  # The blocked model really attends per block: on whole-row packing (segments
+  # across the boundary) its loss is not the padded one.
+  loss_c, _, _ = _loss_and_grads(params, whole, loss_fn, blocked_cfg)
+  assert abs(float(loss_c) - float(loss_a)) > 1e-4
 
 
 def test_packing_raises_slot_efficiency():
@@ -159,3 +197,20 @@ def test_step_by_step_run_logs_slot_efficiency(sbs_data_dir, tmp_path, monkeypat
     p = [r[f'{side}_slot_efficiency'] for r in packed if 'loss' in r]
     u = [r[f'{side}_slot_efficiency'] for r in padded if 'loss' in r]
     assert min(p) > 0.8 and max(u) < 0.6, (side, p, u)
+
+
+def test_input_pipeline_packs_in_the_models_blocks():
+  """The converter takes the model's `encoder_block_length` when packing; a
+  converter that cannot pack in blocks is refused by name."""
+  from distill_sbs.training import input_pipeline  # pylint: disable=g-import-not-at-top
+  model = model_lib.EncoderDecoderModel.__new__(model_lib.EncoderDecoderModel)
+  model.module = Transformer(CFG.replace(encoder_block_length=12))
+  model.FEATURE_CONVERTER_CLS = None
+
+  def cfg(pack, cls=feature_converters.PairedEncDecFeatureConverter):
+    return input_pipeline.DatasetConfig('t', LENGTHS, pack=pack, feature_converter_cls=cls)
+  assert input_pipeline.feature_converter(cfg(True), model).encoder_block_length == 12
+  assert input_pipeline.feature_converter(cfg(False), model).encoder_block_length == 0
+  with pytest.raises(ValueError, match='encoder_block_length=12 needs a converter that '
+                                       'packs in blocks.*EncDecFeatureConverter does not'):
+    input_pipeline.feature_converter(cfg(True, seqio.EncDecFeatureConverter), model)
