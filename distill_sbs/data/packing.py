@@ -29,6 +29,15 @@ feature gave 86-93% (benchmarks/packing.py, 3,000 rows of the training stream).
 
 Examples are trimmed to the lengths first, as seqio does; the order of
 examples inside a row, and of rows, is deterministic given the input order.
+
+Encoder blocks (`block_lengths={'inputs': 4}`, inputs 8): each example's
+inputs lie inside one 4-slot block, so attention per block (`T5Config.
+encoder_block_length`) equals attention over the row; the block is chosen as
+the row is (best cosine over (row, block) pairs, blocks as separate features):
+
+  a: inputs [2] targets [1]   b: inputs [3] targets [1]   c: inputs [1] targets [1]
+  inputs  [a a c 0 | b b b 0]   segment ids [1 1 2 0 | 3 3 3 0] (ids by block)
+  targets [a c b 0 0 0]         segment ids [1 2 3 0 0 0]
 """
 from __future__ import annotations
 

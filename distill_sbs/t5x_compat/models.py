@@ -53,6 +53,13 @@ class ProjectLossEncoderDecoderModel(t5x_models.EncoderDecoderModel):
                loss_normalizing_factor: Union[None, float, str] = losses.NUM_REAL_TARGET_TOKENS,
                default_decoder_params: Optional[t5x_models.DecoderParams] = None,
                loss_fn: Optional[losses.LossFn] = None):
+    block = getattr(getattr(module, 'config', None), 'encoder_block_length', 0)
+    if block:
+      # T5X builds its converters as FEATURE_CONVERTER_CLS(pack, use_custom_packing_ops):
+      # they would pack whole rows, and attention per block would cut segments.
+      raise ValueError(f'T5Config.encoder_block_length={block}: T5X launches pack whole '
+                       f'rows; set models.T5Config.encoder_block_length = 0 (the '
+                       f"project's trainer, python -m distill_sbs.train, packs in blocks)")
     super().__init__(module=module, input_vocabulary=input_vocabulary,
                      output_vocabulary=output_vocabulary, optimizer_def=optimizer_def,
                      decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
