@@ -56,7 +56,7 @@ evaluation) gives one label row per example.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import gin
 import seqio
@@ -81,17 +81,18 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
   """seqio's `EncDecFeatureConverter` with best-fit packing (`data.packing`).
 
   Same features, segment ids and positions as seqio's; rows are fuller.
-  `num_bins` open rows are kept while packing. `encoder_block_length` n > 0
-  keeps each example's inputs inside one n-token block of the packed row
-  (inputs trimmed to n), for a model that attends per block
-  (`T5Config.encoder_block_length`; the input pipeline passes the model's):
+  `num_bins` open rows are kept while packing (None: `data.packing`'s
+  default). `encoder_block_length` n > 0 keeps each example's inputs inside
+  one n-token block of the packed row (inputs trimmed to n), for a model that
+  attends per block (`T5Config.encoder_block_length`; the input pipeline
+  passes the model's):
 
     inputs 8, block 4:  [a a a 0 | b b c 0]   segment ids [1 1 1 0 | 2 2 3 0]
   """
 
-  def __init__(self, pack: bool = True, num_bins: int = packing.DEFAULT_NUM_BINS,
+  def __init__(self, pack: bool = True, num_bins: Optional[int] = None,
                encoder_block_length: int = 0, **kwargs):
-    self.num_bins = int(num_bins)
+    self.num_bins = num_bins  # None: packing's default (with or without blocks)
     self.encoder_block_length = int(encoder_block_length)
     super().__init__(pack=pack, **kwargs)
 

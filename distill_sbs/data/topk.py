@@ -139,7 +139,8 @@ class TopKFeatureConverter(feature_converters.EncDecFeatureConverter):
       # A plain task (e.g. gold-label evaluation): the standard conversion.
       plain = {k: v for k, v in task_feature_lengths.items() if k not in TOPK_TASK_FEATURES}
       return feature_converters.EncDecFeatureConverter(
-          pack=self.pack, bos_id=self.bos_id, num_bins=self.num_bins)(ds, plain)
+          pack=self.pack, bos_id=self.bos_id, num_bins=self.num_bins,
+          encoder_block_length=self.encoder_block_length)(ds, plain)
     lengths = dict(task_feature_lengths)
     if 'targets' not in lengths:
       raise ValueError(f'task_feature_lengths {sorted(lengths)} needs "targets"')

@@ -80,17 +80,16 @@ def test_pack_dataset_keeps_features_and_names_missing_ones():
 
 
 def test_encoder_blocks_by_hand():
-  """inputs 8 in blocks of 4: a (2 tokens) opens block 0, b (3) only fits
-  block 1, c (1) fits both and takes block 0, the freer (cosine 0.236 vs
-  0.174 against free fractions [2/4, 1/4 | 4/6]); the row lists examples by
-  block, so segment ids increase along both features."""
-  rows = list(packing.pack_examples(iter([_ex(1, 2, 1), _ex(2, 3, 1), _ex(3, 1, 1)]),
+  """inputs 8 in blocks of 4: a (3 tokens) opens block 0, b (2) only fits
+  block 1, c (1) fits both and takes block 0, the fuller (best fit); the row
+  lists examples by block, so segment ids increase along both features."""
+  rows = list(packing.pack_examples(iter([_ex(1, 3, 1), _ex(2, 2, 1), _ex(3, 1, 1)]),
                                     LENGTHS, DTYPES, block_lengths={'inputs': 4}))
   assert len(rows) == 1
   r = rows[0]
-  np.testing.assert_array_equal(r['inputs'], [1, 1, 3, 0, 2, 2, 2, 0])
-  np.testing.assert_array_equal(r['inputs_segment_ids'], [1, 1, 2, 0, 3, 3, 3, 0])
-  np.testing.assert_array_equal(r['inputs_positions'], [0, 1, 0, 0, 0, 1, 2, 0])
+  np.testing.assert_array_equal(r['inputs'], [1, 1, 1, 3, 2, 2, 0, 0])
+  np.testing.assert_array_equal(r['inputs_segment_ids'], [1, 1, 1, 2, 3, 3, 0, 0])
+  np.testing.assert_array_equal(r['inputs_positions'], [0, 1, 2, 0, 0, 1, 0, 0])
   np.testing.assert_array_equal(r['targets'], [1, 3, 2, 0, 0, 0])
   np.testing.assert_array_equal(r['targets_segment_ids'], [1, 2, 3, 0, 0, 0])
 
