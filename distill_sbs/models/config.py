@@ -118,7 +118,8 @@ class T5Config(ModelConfigBase):
   # (`data.packing` with block_lengths={'inputs': n}, which the input pipeline
   # asks for when this is set): the encoder attends per block, the same
   # numbers at a fraction of the [length, length] attention. 0: whole rows.
-  # Applies only to packed batches (those with encoder segment ids).
+  # Applies only to packed batches (those with encoder segment ids) longer
+  # than a block (a row of at most one block is one block).
   encoder_block_length: int = 0
 
   def __post_init__(self):

@@ -287,13 +287,13 @@ class Transformer(nn.Module):
       raise ValueError(f'encoder_input_tokens must be [batch, length], got shape '
                        f'{encoder_input_tokens.shape}')
     block = int(cfg.encoder_block_length)
-    if not block or encoder_segment_ids is None:
+    batch, length = encoder_input_tokens.shape
+    if not block or encoder_segment_ids is None or length <= block:  # one block: the row
       return self._encode_rows(encoder_input_tokens, encoder_segment_ids, enable_dropout)
     # Packed rows whose segments lie inside blocks (data.packing): the encoder
     # is position-wise but for attention, so running it on the blocks as rows
     # is attention within blocks, its mask and relative-position bias built
     # at [block, block].
-    batch, length = encoder_input_tokens.shape
     if length % block:
       raise ValueError(f'T5Config.encoder_block_length={block} does not divide the '
                        f'encoder length {length}')

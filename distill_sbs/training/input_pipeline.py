@@ -68,7 +68,7 @@ def check_encoder_blocks(batch: Mapping[str, Any], block: int) -> None:
   """Raises when a packed encoder segment crosses a `block`-token boundary
   (attention per block would cut it; `T5Config.encoder_block_length`)."""
   seg = batch.get('encoder_segment_ids')
-  if not block or seg is None:
+  if not block or seg is None or np.shape(seg)[1] <= block:
     return
   seg = np.asarray(seg)  # [batch, length]
   left, right = seg[:, block - 1:-1:block], seg[:, block::block]  # [batch, blocks - 1]
@@ -87,8 +87,15 @@ def feature_converter(cfg: DatasetConfig, model: Any) -> seqio.FeatureConverter:
   attends within (`T5Config.encoder_block_length`)."""
   cls = converter_class(cfg.feature_converter_cls, model)
   block = encoder_block_length(model)
-  if not (cfg.pack and block):
+  inputs = int((cfg.task_feature_lengths or {}).get('inputs') or 0)
+  if not (cfg.pack and block) or inputs <= block:  # rows of one block: whole rows
     return cls(pack=cfg.pack)
+  if inputs % block:
+    raise ValueError(
+        f'T5Config.encoder_block_length={block} (ENCODER_BLOCK_LENGTH; the step-by-step '
+        f"methods take the dataset's PAIRED_ENCODER_BLOCK_LENGTH) does not divide the packed "
+        f"inputs length {inputs} (TASK_FEATURE_LENGTHS['inputs'] of "
+        f'{cfg.mixture_or_task_name}); set it to a divisor, or 0 for whole rows')
   try:
     return cls(pack=True, encoder_block_length=block)
   except TypeError as e:

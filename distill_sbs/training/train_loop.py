@@ -157,7 +157,8 @@ def train(*, model: Any, train_dataset_cfg: input_pipeline.DatasetConfig, model_
       _status(f'initialised parameters from {initial_checkpoint_path}')
   start = int(jax.device_get(state.step))
   data_iter = make_iter(position)
-  block = input_pipeline.encoder_block_length(model) if train_dataset_cfg.pack else 0
+  # Packed batches (segment ids) of a blocked model: no segment may cross a block.
+  block = input_pipeline.encoder_block_length(model)
 
   logger = metrics_logging.MetricsLogger(model_dir, total_steps, start, progress_bar,
                                          resume_step=start)

@@ -214,3 +214,10 @@ def test_input_pipeline_packs_in_the_models_blocks():
   with pytest.raises(ValueError, match='encoder_block_length=12 needs a converter that '
                                        'packs in blocks.*EncDecFeatureConverter does not'):
     input_pipeline.feature_converter(cfg(True, seqio.EncDecFeatureConverter), model)
+  # Rows of at most one block are whole rows (and the model attends over them).
+  model.module = Transformer(CFG.replace(encoder_block_length=LENGTHS['inputs']))
+  assert input_pipeline.feature_converter(cfg(True), model).encoder_block_length == 0
+  model.module = Transformer(CFG.replace(encoder_block_length=10))
+  with pytest.raises(ValueError, match=r"encoder_block_length=10 \(ENCODER_BLOCK_LENGTH.*"
+                                       r"does not divide the packed inputs length 24"):
+    input_pipeline.feature_converter(cfg(True), model)
