@@ -92,6 +92,22 @@ def _loss_and_grads(params, batch, loss_fn, cfg=CFG):
   return loss, metrics, grads
 
 
+def _params(batch):
+  """Unboxed parameters of the tiny network, initialised on one row of `batch`."""
+  params = Transformer(CFG).init(jax.random.PRNGKey(0), batch['encoder_input_tokens'][:1],
+                                 batch['decoder_input_tokens'][:1],
+                                 batch['decoder_target_tokens'][:1], enable_dropout=False)
+  return jax.tree_util.tree_map(lambda v: v.unbox() if hasattr(v, 'unbox') else v,
+                                params['params'], is_leaf=lambda v: hasattr(v, 'unbox'))
+
+
+def _assert_same_grads(g_a, g_b):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_a),
+                          jax.tree_util.tree_leaves(g_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.parametrize('name', sorted(OBJECTIVES))
 def test_packed_equals_padded(name):
   kind, cls, loss_fn = OBJECTIVES[name]
@@ -101,18 +117,11 @@ def test_packed_equals_padded(name):
   assert 'decoder_segment_ids' in packed
   # The same target sequences (first-fit packing may reorder them).
   assert sorted(_sequences(padded)) == sorted(_sequences(packed))
-  x = padded['encoder_input_tokens'][:1]
-  params = Transformer(CFG).init(jax.random.PRNGKey(0), x, padded['decoder_input_tokens'][:1],
-                                 padded['decoder_target_tokens'][:1], enable_dropout=False)
-  params = jax.tree_util.tree_map(lambda v: v.unbox() if hasattr(v, 'unbox') else v,
-                                  params['params'], is_leaf=lambda v: hasattr(v, 'unbox'))
+  params = _params(padded)
   loss_a, m_a, g_a = _loss_and_grads(params, padded, loss_fn)
   loss_b, m_b, g_b = _loss_and_grads(params, packed, loss_fn)
   np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5, atol=1e-6)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_a),
-                          jax.tree_util.tree_leaves(g_b)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
-                               err_msg=jax.tree_util.keystr(path))
+  _assert_same_grads(g_a, g_b)
   if name == 'paired_sbs':
     for key in ('label_loss', 'rationale_loss', 'label_tokens', 'rationale_tokens'):
       np.testing.assert_allclose(float(m_a[key]), float(m_b[key]), rtol=1e-5)
@@ -136,18 +145,11 @@ def test_block_packed_equals_padded(name):
     input_pipeline.check_encoder_blocks(whole, block)  # whole-row packing does
   seg = np.asarray(blocked['encoder_segment_ids'])
   assert (np.diff(seg, axis=1)[seg[:, 1:] > 0] >= 0).all()  # ids increase along rows
-  x = padded['encoder_input_tokens'][:1]
-  params = Transformer(CFG).init(jax.random.PRNGKey(0), x, padded['decoder_input_tokens'][:1],
-                                 padded['decoder_target_tokens'][:1], enable_dropout=False)
-  params = jax.tree_util.tree_map(lambda v: v.unbox() if hasattr(v, 'unbox') else v,
-                                  params['params'], is_leaf=lambda v: hasattr(v, 'unbox'))
+  params = _params(padded)
   loss_a, m_a, g_a = _loss_and_grads(params, padded, loss_fn)
   loss_b, m_b, g_b = _loss_and_grads(params, blocked, loss_fn, blocked_cfg)
   np.testing.assert_allclose(float(loss_a), float(loss_b), rtol=1e-5, atol=1e-6)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_a),
-                          jax.tree_util.tree_leaves(g_b)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5,
-                               err_msg=jax.tree_util.keystr(path))
+  _assert_same_grads(g_a, g_b)
   for key in m_a:
     np.testing.assert_allclose(float(m_a[key]), float(m_b[key]), rtol=1e-5, atol=1e-6,
                                err_msg=key)
